@@ -1,0 +1,13 @@
+"""fastconvt: a drop-in, Numba-computed replacement for torch.nn.ConvTranspose2d on the CPU."""
+from . import kernels
+from .functional import conv_transpose2d
+from .modules import ConvTranspose2d, convert
+
+__version__ = "0.1.0"
+__all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "warmup", "kernels"]
+
+
+def warmup():
+    """Compile (or load from Numba's on-disk cache) every kernel now rather than
+    on first use: a few seconds the first time, well under one once cached."""
+    kernels.warmup()

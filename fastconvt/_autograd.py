@@ -1,0 +1,102 @@
+"""The three linear maps of a transposed convolution as autograd Functions.
+
+``y = T(x, w)`` (transposed convolution), ``x = C(y, w)`` (convolution) and
+``w = W(x, y)`` (weight correlation) are each other's adjoints, so each
+Function's backward calls the other two and every derivative order works.
+Forward converts zero-copy to NumPy (after making NCHW-contiguous), calls one
+kernel entry point and wraps the result; backward computes only what
+``ctx.needs_input_grad`` asks for.
+"""
+from contextlib import contextmanager
+
+import torch
+
+from . import kernels
+
+# geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
+
+
+@contextmanager
+def _torch_threads():
+    """Run kernels on as many threads as torch uses, and keep torch's count:
+    Numba's first parallel launch can reset it (numba issue 9387)."""
+    n = torch.get_num_threads()
+    try:
+        with kernels.num_threads(n):
+            yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+
+
+def _np(t):
+    return t.detach().contiguous().numpy()
+
+
+def _run(kernel, *args):
+    with _torch_threads():
+        return torch.from_numpy(kernel(*args))
+
+
+class ConvTranspose2dFunction(torch.autograd.Function):
+    """``(x (N, C_in, H, W), w, b, geometry, out_hw) -> (N, C_out, *out_hw)``"""
+
+    @staticmethod
+    def forward(ctx, x, w, b, geometry, out_hw):
+        ctx.geometry = geometry
+        ctx.save_for_backward(x, w)
+        b = None if b is None else _np(b)
+        return _run(kernels.direct.conv_transpose2d, _np(x), _np(w), b, *geometry, out_hw)
+
+    @staticmethod
+    def backward(ctx, gy):
+        x, w = ctx.saved_tensors
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = Conv2dFunction.apply(gy, w, ctx.geometry, x.shape[2:])
+        if ctx.needs_input_grad[1]:
+            gw = WeightCorrelationFunction.apply(x, gy, ctx.geometry, w.shape[2:])
+        if ctx.needs_input_grad[2]:
+            gb = gy.sum((0, 2, 3))
+        return gx, gw, gb, None, None
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """``(y (N, C_out, H_out, W_out), w, geometry, in_hw) -> (N, C_in, *in_hw)``"""
+
+    @staticmethod
+    def forward(ctx, y, w, geometry, in_hw):
+        ctx.geometry = geometry
+        ctx.save_for_backward(y, w)
+        return _run(kernels.direct.conv2d, _np(y), _np(w), *geometry, in_hw)
+
+    @staticmethod
+    def backward(ctx, gx):
+        y, w = ctx.saved_tensors
+        gy = gw = None
+        if ctx.needs_input_grad[0]:
+            gy = ConvTranspose2dFunction.apply(gx, w, None, ctx.geometry, y.shape[2:])
+        if ctx.needs_input_grad[1]:
+            gw = WeightCorrelationFunction.apply(gx, y, ctx.geometry, w.shape[2:])
+        return gy, gw, None, None
+
+
+class WeightCorrelationFunction(torch.autograd.Function):
+    """``(x (N, C_in, H, W), y (N, C_out, H_out, W_out), geometry, kernel_hw)
+    -> (C_in, C_out // groups, *kernel_hw)``"""
+
+    @staticmethod
+    def forward(ctx, x, y, geometry, kernel_hw):
+        ctx.geometry = geometry
+        ctx.save_for_backward(x, y)
+        return _run(kernels.direct.weight_correlation, _np(x), _np(y), *geometry, kernel_hw)
+
+    @staticmethod
+    def backward(ctx, gw):
+        x, y = ctx.saved_tensors
+        gx = gy = None
+        if ctx.needs_input_grad[0]:
+            gx = Conv2dFunction.apply(y, gw, ctx.geometry, x.shape[2:])
+        if ctx.needs_input_grad[1]:
+            gy = ConvTranspose2dFunction.apply(x, gw, None, ctx.geometry, y.shape[2:])
+        return gx, gy, None, None

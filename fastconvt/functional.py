@@ -1,0 +1,170 @@
+"""``fastconvt.conv_transpose2d``: the signature and results of
+``torch.nn.functional.conv_transpose2d``, computed by fastconvt's kernels."""
+import operator
+
+import torch
+import torch.nn.functional as F
+
+from ._autograd import ConvTranspose2dFunction
+
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1):
+    r"""Applies a 2-D transposed convolution over an input image composed of
+    several input planes; see :class:`fastconvt.ConvTranspose2d`.
+
+    Args:
+        input: input tensor of shape :math:`(N, C_{in}, H_{in}, W_{in})` or
+            :math:`(C_{in}, H_{in}, W_{in})`.
+        weight: filters of shape :math:`(C_{in}, C_{out} / \text{groups}, kH, kW)`.
+        bias: optional bias of shape :math:`(C_{out})`. Default: None
+        stride, padding, output_padding, dilation: an int or a pair of ints.
+            Defaults: 1, 0, 0, 1
+        groups: split input into groups; :math:`C_{in}` must be divisible by it.
+            Default: 1
+
+    Shape:
+        Output: :math:`(N, C_{out}, H_{out}, W_{out})` or :math:`(C_{out}, H_{out}, W_{out})`
+        with :math:`H_{out} = (H_{in} - 1) \times \text{stride}[0] - 2 \times \text{padding}[0]
+        + \text{dilation}[0] \times (kH - 1) + \text{output\_padding}[0] + 1`, likewise
+        :math:`W_{out}`.
+
+    Differences from torch: none in results, errors or memory format. float32 and
+    float64 CPU tensors are computed by fastconvt's kernels; anything else (other
+    dtypes, other devices, mixed dtypes, ``__torch_function__`` subclasses) is
+    passed to :func:`torch.nn.functional.conv_transpose2d`.
+
+    Examples::
+
+        >>> x = torch.randn(1, 1, 4, 4)
+        >>> w = torch.randn(1, 1, 3, 3)
+        >>> fastconvt.conv_transpose2d(x, w, stride=2, padding=1).shape
+        torch.Size([1, 1, 7, 7])
+    """
+    if not _uses_kernels(input, weight, bias):
+        return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
+                                  groups, dilation)
+    stride = _pair("stride", stride)
+    padding = _pair("padding", padding)
+    output_padding = _pair("output_padding", output_padding)
+    dilation = _pair("dilation", dilation)
+    groups = _int("groups", groups)
+    if input.dim() not in (3, 4):
+        raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, "
+                           f"but got input of size: {list(input.shape)}")
+    if input.dim() == 3:
+        return conv_transpose2d(input.unsqueeze(0), weight, bias, stride, padding,
+                                output_padding, groups, dilation).squeeze(0)
+    out_hw = _check_arguments(input, weight, bias, stride, padding, output_padding, groups,
+                              dilation)
+    geometry = (stride, padding, dilation, groups)
+    out = ConvTranspose2dFunction.apply(input, weight, bias, geometry, out_hw)
+    if _is_channels_last(input) or _is_channels_last(weight):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
+def _uses_kernels(input, weight, bias):
+    """Whether fastconvt's kernels compute this call (else torch does)."""
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if not all(isinstance(t, torch.Tensor) for t in tensors):
+        return False
+    if torch.overrides.has_torch_function(tensors):
+        return False
+    return all(t.device.type == "cpu" and t.layout == torch.strided
+               and t.dtype == input.dtype for t in tensors) and input.dtype in _KERNEL_DTYPES
+
+
+def _int(name, value):
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"conv_transpose2d(): argument '{name}' must be int, "
+                        f"not {type(value).__name__}") from None
+
+
+def _pair(name, value):
+    """An int or a sequence of one or two ints, as a pair (torch's IntArrayRef[2])."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    try:
+        values = tuple(operator.index(v) for v in values)
+    except TypeError:
+        raise TypeError(f"conv_transpose2d(): argument '{name}' must be tuple of ints, "
+                        f"not {type(value).__name__}") from None
+    if len(values) == 1:
+        return values * 2
+    if len(values) != 2:
+        raise RuntimeError(f"expected {name} to be a single integer value or a list of 2 values "
+                           f"to match the convolution dimensions, but got {name}={list(values)}")
+    return values
+
+
+def _check_arguments(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    """Raise torch's exception for invalid arguments; return the output's (H, W)."""
+    if weight.dim() != 4:
+        raise RuntimeError("conv_transpose2d expects a 4-D weight (C_in, C_out // groups, kH, kW), "
+                           f"but got weight of size {list(weight.shape)}")
+    if groups <= 0:
+        raise RuntimeError("non-positive groups is not supported")
+    if min(stride) <= 0:
+        raise RuntimeError("non-positive stride is not supported")
+    if min(padding) < 0:
+        raise RuntimeError("negative padding is not supported")
+    if min(output_padding) < 0:
+        raise RuntimeError("negative output_padding is not supported")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"dilation should be greater than zero, but got dilation_height: "
+                           f"{dilation[0]}, dilation_width: {dilation[1]}")
+    if weight.shape[0] == 0 or weight.shape[0] % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} "
+                           f"at dimension 0 and non-empty, but got weight of size "
+                           f"{list(weight.shape)} instead")
+    if weight.shape[1] == 0 or min(weight.shape[2:]) <= 0:
+        raise RuntimeError(f"non-empty weight expected (C_out // groups and the kernel size "
+                           f"must be positive), but got weight of size {list(weight.shape)}")
+    if input.shape[1] != weight.shape[0]:
+        raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected "
+                           f"input{list(input.shape)} to have {weight.shape[0]} channels, but got "
+                           f"{input.shape[1]} channels instead")
+    out_channels = weight.shape[1] * groups
+    if bias is not None and tuple(bias.shape) != (out_channels,):
+        raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected "
+                           f"bias to be 1-dimensional with {out_channels} elements, but got bias "
+                           f"of size {list(bias.shape)} instead")
+    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+        raise RuntimeError(
+            "output padding must be smaller than either stride or dilation, but got "
+            f"output_padding_height: {output_padding[0]} output_padding_width: "
+            f"{output_padding[1]} stride_height: {stride[0]} stride_width: {stride[1]} "
+            f"dilation_height: {dilation[0]} dilation_width: {dilation[1]}")
+    if input.shape[0] > 0 and min(input.shape[2:]) == 0:
+        raise RuntimeError("Only zero batch or zero channel inputs are supported, but got "
+                           f"input shape: {list(input.shape)}")
+    out_hw = tuple(
+        (i - 1) * s - 2 * p + d * (k - 1) + op + 1
+        for i, s, p, d, k, op in zip(input.shape[2:], stride, padding, dilation,
+                                     weight.shape[2:], output_padding))
+    if min(out_hw) <= 0:
+        raise RuntimeError(
+            f"Given input size per channel: ({input.shape[2]} x {input.shape[3]}). Calculated "
+            f"output size per channel: ({out_hw[0]} x {out_hw[1]}). Output size is too small")
+    return out_hw
+
+
+def _is_channels_last(t):
+    """``t.suggest_memory_format() == torch.channels_last`` for a 4-D tensor: a port of
+    c10's ``is_channels_last_strides_2d``, which decides torch's output layout."""
+    sizes, strides = t.shape, t.stride()
+    if strides[1] == 0:
+        return False
+    min_stride = 0
+    for d in (1, 3, 2, 0):
+        if sizes[d] == 0 or strides[d] < min_stride:
+            return False
+        # ambiguous N111-like cases fall back to NCHW, as in c10
+        if d == 0 and min_stride == strides[1]:
+            return False
+        min_stride = strides[d] * sizes[d] if sizes[d] > 1 else strides[d]
+    return True

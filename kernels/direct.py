@@ -1,0 +1,156 @@
+"""Direct kernels: the three linear maps of a transposed convolution, computed
+tap by tap with no multiplications by inserted zeros.
+
+Geometry shared by all three (per spatial axis; ``s`` stride, ``p`` padding,
+``d`` dilation): input pixel ``i`` and kernel tap ``k`` meet output pixel
+
+    o = i * s - p + k * d.
+
+With ``x`` of shape ``(N, C_in, H_in, W_in)``, ``w`` of shape
+``(C_in, C_out // groups, kH, kW)`` and ``y`` of shape ``(N, C_out, H_out, W_out)``,
+input channel ``ci`` of group ``g = ci // (C_in // groups)`` feeds output
+channels ``g * (C_out // groups) + c`` for ``c`` in ``range(C_out // groups)``:
+
+* ``conv_transpose2d``: ``y[n, co, o] = sum_{ci, k} x[n, ci, i] * w[ci, c, k]``
+* ``conv2d`` (its adjoint in ``x``): ``x[n, ci, i] = sum_{co, k} y[n, co, o] * w[ci, c, k]``
+* ``weight_correlation`` (its adjoint in ``w``): ``w[ci, c, k] = sum_{n, i} x[n, ci, i] * y[n, co, o]``
+
+Each parallel job owns one output plane (or one weight slice), so there are no
+write conflicts and no reductions across threads. Arrays are C-contiguous
+float32 or float64, all of one dtype; sizes of ``H_out``/``W_out`` and
+``H_in``/``W_in`` are taken from the arrays, so any output size works (taps that
+land outside it are dropped).
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._config import CACHE, FASTMATH, FLOAT_DTYPES
+
+
+@njit(inline="always", cache=CACHE)
+def _tap_range(offset, stride, n_in, n_out):
+    """Input indices ``i`` in ``[lo, hi)`` with ``0 <= i * stride + offset < n_out``."""
+    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
+    hi = min(n_in, (n_out - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
+def _conv_transpose2d_direct(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups):
+    n_batch, c_in, h_in, w_in = x.shape
+    c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
+    c_out, h_out, w_out = y.shape[1], y.shape[2], y.shape[3]
+    c_in_g = c_in // groups
+    for job in prange(n_batch * c_out):
+        n = job // c_out
+        co = job % c_out
+        g = co // c_out_g
+        c = co % c_out_g
+        plane = y[n, co]
+        plane[:, :] = bias[co] if bias.shape[0] > 0 else 0.0
+        for ci in range(g * c_in_g, (g + 1) * c_in_g):
+            for kh in range(k_h):
+                ih_lo, ih_hi = _tap_range(kh * dh - ph, sh, h_in, h_out)
+                for ih in range(ih_lo, ih_hi):
+                    row = plane[ih * sh + kh * dh - ph]
+                    x_row = x[n, ci, ih]
+                    for kw in range(k_w):
+                        off = kw * dw - pw
+                        iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
+                        wv = w[ci, c, kh, kw]
+                        for iw in range(iw_lo, iw_hi):
+                            row[iw * sw + off] += wv * x_row[iw]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
+def _conv2d_direct(y, w, x, sh, sw, ph, pw, dh, dw, groups):
+    n_batch, c_in, h_in, w_in = x.shape
+    c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
+    h_out, w_out = y.shape[2], y.shape[3]
+    c_in_g = c_in // groups
+    for job in prange(n_batch * c_in):
+        n = job // c_in
+        ci = job % c_in
+        g = ci // c_in_g
+        plane = x[n, ci]
+        plane[:, :] = 0.0
+        for c in range(c_out_g):
+            y_plane = y[n, g * c_out_g + c]
+            for kh in range(k_h):
+                ih_lo, ih_hi = _tap_range(kh * dh - ph, sh, h_in, h_out)
+                for ih in range(ih_lo, ih_hi):
+                    row = plane[ih]
+                    y_row = y_plane[ih * sh + kh * dh - ph]
+                    for kw in range(k_w):
+                        off = kw * dw - pw
+                        iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
+                        wv = w[ci, c, kh, kw]
+                        for iw in range(iw_lo, iw_hi):
+                            row[iw] += wv * y_row[iw * sw + off]
+
+
+@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
+def _weight_correlation_direct(x, y, w, sh, sw, ph, pw, dh, dw, groups):
+    n_batch, c_in, h_in, w_in = x.shape
+    c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
+    h_out, w_out = y.shape[2], y.shape[3]
+    c_in_g = c_in // groups
+    for job in prange(c_in * c_out_g):
+        ci = job // c_out_g
+        c = job % c_out_g
+        co = (ci // c_in_g) * c_out_g + c
+        for kh in range(k_h):
+            ih_lo, ih_hi = _tap_range(kh * dh - ph, sh, h_in, h_out)
+            for kw in range(k_w):
+                off = kw * dw - pw
+                iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
+                acc = 0.0  # float64 accumulator: this sum runs over N * H_in * W_in terms
+                for n in range(n_batch):
+                    for ih in range(ih_lo, ih_hi):
+                        x_row = x[n, ci, ih]
+                        y_row = y[n, co, ih * sh + kh * dh - ph]
+                        for iw in range(iw_lo, iw_hi):
+                            acc += x_row[iw] * y_row[iw * sw + off]
+                w[ci, c, kh, kw] = acc
+
+
+def _check(name, *arrays):
+    dtype = arrays[0].dtype
+    for a in arrays:
+        if a.dtype != dtype or a.dtype.name not in FLOAT_DTYPES:
+            raise TypeError(f"{name}: arrays must share one dtype among {FLOAT_DTYPES}, got "
+                            + ", ".join(str(b.dtype) for b in arrays))
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: arrays must be C-contiguous")
+
+
+def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw):
+    """Transposed convolution ``(N, C_in, H_in, W_in) -> (N, C_out, *out_hw)``.
+
+    ``w`` is ``(C_in, C_out // groups, kH, kW)``; ``bias`` is ``(C_out,)`` or None.
+    ``out_hw`` is the output's spatial size (normally from the output-size formula).
+    """
+    bias = np.empty(0, x.dtype) if bias is None else bias
+    _check("conv_transpose2d", x, w, bias)
+    y = np.empty((x.shape[0], w.shape[1] * groups) + tuple(out_hw), x.dtype)
+    _conv_transpose2d_direct(x, w, bias, y, *stride, *padding, *dilation, groups)
+    return y
+
+
+def conv2d(y, w, stride, padding, dilation, groups, in_hw):
+    """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``: the
+    adjoint of ``conv_transpose2d`` in its input (so its input gradient)."""
+    _check("conv2d", y, w)
+    x = np.empty((y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
+    _conv2d_direct(y, w, x, *stride, *padding, *dilation, groups)
+    return x
+
+
+def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw):
+    """Correlation of ``x`` ``(N, C_in, H_in, W_in)`` with ``y``
+    ``(N, C_out, H_out, W_out)`` giving ``(C_in, C_out // groups, *kernel_hw)``:
+    the adjoint of ``conv_transpose2d`` in its weight (so its weight gradient)."""
+    _check("weight_correlation", x, y)
+    w = np.empty((x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)
+    _weight_correlation_direct(x, y, w, *stride, *padding, *dilation, groups)
+    return w
