@@ -35,7 +35,10 @@ def _np(t):
 
 def _run(kernel, *args):
     with _torch_threads():
-        return torch.from_numpy(kernel(*args))
+        result = kernel(*args)
+    if result.size == 0:  # NumPy gives empty arrays strides torch reads as non-standard
+        return torch.empty(result.shape, dtype=torch.from_numpy(result).dtype)
+    return torch.from_numpy(result)
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):

@@ -59,11 +59,23 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                 output_padding, groups, dilation).squeeze(0)
     out_hw = _check_arguments(input, weight, bias, stride, padding, output_padding, groups,
                               dilation)
+    if input.shape[0] == 0:
+        return _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
     geometry = (stride, padding, dilation, groups)
     out = ConvTranspose2dFunction.apply(input, weight, bias, geometry, out_hw)
     if _is_channels_last(input) or _is_channels_last(weight):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+def _empty_batch(input, weight, bias, out_shape):
+    """An empty batch's output, built as torch builds it (an elementwise product
+    viewed to the output shape): nothing to compute, and the same strides and
+    zero gradients as torch's."""
+    out = input * weight.reshape(-1)[0]
+    if bias is not None:
+        out = out + bias[0]
+    return out.view(out_shape)
 
 
 def _uses_kernels(input, weight, bias):

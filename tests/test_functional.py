@@ -1,0 +1,150 @@
+"""fastconvt.conv_transpose2d against torch: values, gradients, shapes, dtypes and
+memory formats, on hand-picked cases and a hypothesis sweep."""
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import fastconvt
+from conftest import DTYPES, assert_close, reference
+
+# (N, C_in, C_out, groups, H, W, kernel, stride, padding, output_padding, dilation)
+CASES = {
+    "article": (1, 1, 1, 1, 4, 4, 3, 2, 1, 0, 1),
+    "article-op1": (1, 1, 3, 1, 4, 4, 3, 2, 1, 1, 1),
+    "dcgan-like": (2, 8, 4, 1, 4, 4, 4, 2, 1, 0, 1),
+    "stride1": (2, 3, 5, 1, 5, 6, 3, 1, 1, 0, 1),
+    "groups": (2, 6, 4, 2, 5, 4, 3, 2, 1, 1, 1),
+    "depthwise": (2, 4, 4, 4, 6, 5, 4, 2, 1, 0, 1),
+    "depthwise-multiplier": (1, 3, 6, 3, 5, 5, 3, 2, 0, 1, 1),
+    "non-square": (2, 3, 2, 1, 4, 7, (3, 2), (2, 3), (1, 0), (1, 2), (1, 2)),
+    "dilated-op": (1, 2, 3, 1, 5, 5, 3, 1, 2, 1, 2),
+    "large-kernel-stride": (1, 2, 2, 2, 3, 2, 8, 4, 2, 0, 1),
+    "1x1-kernel-op": (3, 5, 1, 1, 9, 6, 1, 4, 0, 3, 1),
+    "padding-crops-to-1x1": (1, 2, 2, 1, 3, 3, 5, 1, 3, 0, 1),
+}
+
+
+def _case_tensors(case, dtype, bias=True, seed=0):
+    n, c_in, c_out, groups, h, w, k, s, p, op, d = case
+    k = (k, k) if isinstance(k, int) else k
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c_in, h, w, generator=g, dtype=torch.float64).to(dtype)
+    weight = torch.randn(c_in, c_out // groups, *k, generator=g, dtype=torch.float64).to(dtype)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64).to(dtype) if bias else None
+    return x, weight, b, dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d)
+
+
+def _check_forward_backward(x, weight, b, kw, dtype):
+    """Output, memory format and all three gradients against the float64 oracle."""
+    leaves = [t.detach().requires_grad_() for t in (x, weight, b) if t is not None]
+    ref_leaves = [t.detach().requires_grad_() for t in (x, weight, b) if t is not None]
+    out = fastconvt.conv_transpose2d(*leaves[:2], leaves[2] if b is not None else None, **kw)
+    ref = reference(*ref_leaves[:2], ref_leaves[2] if b is not None else None, **kw)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        if out.dim() == 4:
+            assert out.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt)
+    if out.numel() == 0:
+        return
+    grad_out = torch.randn(ref.shape, dtype=torch.float64)
+    grads = torch.autograd.grad(out, leaves, grad_out.to(dtype))
+    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
+    for got, want in zip(grads, ref_grads):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype)
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("name", CASES)
+def test_cases(name, bias, dtype):
+    _check_forward_backward(*_case_tensors(CASES[name], dtype, bias), dtype)
+
+
+@pytest.mark.parametrize("name", ["groups", "non-square", "dilated-op"])
+def test_unbatched(name, dtype):
+    x, weight, b, kw = _case_tensors(CASES[name], dtype)
+    _check_forward_backward(x[0], weight, b, kw, dtype)
+    assert fastconvt.conv_transpose2d(x[0], weight, b, **kw).dim() == 3
+
+
+@pytest.mark.parametrize("layout", ["input-channels-last", "weight-channels-last", "both",
+                                    "transposed", "sliced"])
+@pytest.mark.parametrize("name", ["groups", "1x1-kernel-op", "depthwise"])
+def test_memory_layouts(name, layout, dtype):
+    # "1x1-kernel-op" on a channels_last input is the case whose float32 backward
+    # corrupts torch's heap; the float64 oracle keeps it safe to test.
+    x, weight, b, kw = _case_tensors(CASES[name], dtype)
+    if layout in ("input-channels-last", "both"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout in ("weight-channels-last", "both"):
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    if layout == "sliced":
+        x = torch.cat([x, x], dim=3)[..., ::2]
+    assert layout in ("weight-channels-last",) or not x.is_contiguous()
+    _check_forward_backward(x, weight, b, kw, dtype)
+
+
+def test_empty_batch(dtype):
+    x, weight, b, kw = _case_tensors(CASES["groups"], dtype)
+    x = x[:0].requires_grad_()
+    out = fastconvt.conv_transpose2d(x, weight, b, **kw)
+    assert out.shape == reference(x, weight, b, **kw).shape
+    assert out.shape[0] == 0
+    out.sum().backward()
+    assert x.grad.shape == x.shape
+
+
+def test_nan_propagates_like_torch(dtype):
+    x, weight, b, kw = _case_tensors(CASES["groups"], dtype)
+    x[0, 1, 2, 3] = float("nan")
+    weight[1, 0, 0, 0] = float("inf")
+    out = fastconvt.conv_transpose2d(x, weight, b, **kw)
+    ref = reference(x, weight, b, **kw)
+    assert torch.equal(out.isnan(), ref.isnan())
+    assert torch.equal(out.isinf(), ref.isinf())
+
+
+@st.composite
+def problems(draw):
+    """A random valid call: tensors, keyword arguments and the dtype."""
+    groups = draw(st.integers(1, 3))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    pair = lambda lo, hi: (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))  # noqa: E731
+    kernel, stride, dilation, size = pair(1, 4), pair(1, 3), pair(1, 3), pair(1, 6)
+    padding = pair(0, 3)
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    out_hw = [(i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, s, p, d, k, op
+              in zip(size, stride, padding, dilation, kernel, output_padding)]
+    if min(out_hw) <= 0:  # shrink the padding until the output is non-empty
+        padding = tuple(min(p, ((i - 1) * s + d * (k - 1) + op) // 2) for i, s, p, d, k, op
+                        in zip(size, stride, padding, dilation, kernel, output_padding))
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**31))
+    g = torch.Generator().manual_seed(seed)
+    shape = (draw(st.integers(0, 3)), c_in) + size
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    weight = torch.randn(c_in, c_out // groups, *kernel, generator=g,
+                         dtype=torch.float64).to(dtype)
+    b = torch.randn(c_out, generator=g, dtype=torch.float64).to(dtype)
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "weight_channels_last",
+                                   "transposed", "unbatched"]))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "weight_channels_last":
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    elif layout == "unbatched" and x.shape[0] > 0:
+        x = x[0]
+    kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
+              dilation=dilation)
+    return x, weight, draw(st.sampled_from([b, None])), kw, dtype
+
+
+@settings(max_examples=300, deadline=None)
+@given(problems())
+def test_sweep(problem):
+    _check_forward_backward(*problem)

@@ -1,0 +1,105 @@
+"""Each kernel family called directly on NumPy arrays, against torch and against
+the adjoint identities that tie its three maps together."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings, strategies as st
+
+from fastconvt import kernels
+
+FAMILIES = {"direct": kernels.direct}
+RTOL = {np.float32: 1e-4, np.float64: 1e-10}
+
+
+@st.composite
+def geometries(draw):
+    groups = draw(st.integers(1, 3))
+    pair = lambda lo, hi: (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))  # noqa: E731
+    kernel, stride, dilation, size = pair(1, 5), pair(1, 4), pair(1, 3), pair(1, 7)
+    padding = pair(0, 4)
+    # any output size works for the kernels, not only the formula's
+    out_hw = tuple(max(1, (i - 1) * s - 2 * p + d * (k - 1) + 1 + draw(st.integers(-2, 2)))
+                   for i, s, p, d, k in zip(size, stride, padding, dilation, kernel))
+    shapes = dict(n=draw(st.integers(0, 3)), c_in=groups * draw(st.integers(1, 3)),
+                  c_out_g=draw(st.integers(1, 3)), size=size, kernel=kernel, out_hw=out_hw)
+    return (stride, padding, dilation, groups), shapes, draw(st.sampled_from([np.float32,
+                                                                              np.float64]))
+
+
+def _arrays(geometry, shapes, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    groups = geometry[3]
+    x = rng.standard_normal((shapes["n"], shapes["c_in"]) + shapes["size"]).astype(dtype)
+    w = rng.standard_normal((shapes["c_in"], shapes["c_out_g"]) + shapes["kernel"]).astype(dtype)
+    y = rng.standard_normal((shapes["n"], shapes["c_out_g"] * groups)
+                            + shapes["out_hw"]).astype(dtype)
+    b = rng.standard_normal(shapes["c_out_g"] * groups).astype(dtype)
+    return x, w, y, b
+
+
+def _torch_conv_transpose(x, w, b, geometry, out_hw):
+    """torch's transposed convolution for any output size: the uncropped
+    (padding 0) result, shifted by the padding and cut or zero-extended."""
+    stride, padding, dilation, groups = geometry
+    t = lambda a: torch.from_numpy(a).double()  # noqa: E731
+    full = F.conv_transpose2d(t(x), t(w), None, stride, 0, 0, groups, dilation)
+    out = torch.zeros(full.shape[:2] + out_hw, dtype=torch.float64)
+    (ph, pw), (h, w_) = padding, out_hw
+    window = full[:, :, ph:ph + h, pw:pw + w_]
+    out[:, :, :window.shape[2], :window.shape[3]] = window
+    if b is not None:
+        out += t(b)[:, None, None]
+    return out.numpy()
+
+
+def _close(actual, expected, dtype):
+    assert actual.shape == expected.shape and actual.dtype == dtype
+    scale = np.abs(expected).max() if expected.size else 0.0
+    error = np.abs(actual.astype(np.float64) - expected).max() if expected.size else 0.0
+    assert error <= RTOL[dtype] * max(scale, 1e-30), (error, scale)
+
+
+def _dot(a, b):
+    return float(np.vdot(a.astype(np.float64), b.astype(np.float64)))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=150, deadline=None)
+@given(problem=geometries())
+def test_family_against_torch(family, problem):
+    geometry, shapes, dtype = problem
+    k = FAMILIES[family]
+    x, w, y, b = _arrays(geometry, shapes, dtype)
+    out = k.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"])
+    _close(out, _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"]), dtype)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=150, deadline=None)
+@given(problem=geometries())
+def test_family_adjoints(family, problem):
+    """<T(x, w), y> == <x, C(y, w)> == <w, W(x, y)> for any output size."""
+    geometry, shapes, dtype = problem
+    k = FAMILIES[family]
+    x, w, y, _ = _arrays(geometry, shapes, dtype)
+    t = _dot(k.conv_transpose2d(x, w, None, *geometry, shapes["out_hw"]), y)
+    c = _dot(x, k.conv2d(y, w, *geometry, shapes["size"]))
+    wc = _dot(w, k.weight_correlation(x, y, *geometry, shapes["kernel"]))
+    scale = np.sqrt(x.size * y.size * w.size) + 1.0
+    tol = RTOL[dtype] * scale
+    assert abs(t - c) <= tol and abs(t - wc) <= tol, (t, c, wc)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_family_rejects_bad_arrays(family):
+    k = FAMILIES[family]
+    x = np.ones((1, 2, 3, 3), np.float32)
+    w = np.ones((2, 1, 2, 2), np.float64)
+    geometry = ((1, 1), (0, 0), (1, 1), 1)
+    with pytest.raises(TypeError, match="dtype"):
+        k.conv_transpose2d(x, w, None, *geometry, (4, 4))
+    with pytest.raises(ValueError, match="contiguous"):
+        k.conv_transpose2d(x[..., ::2], w.astype(np.float32), None, *geometry, (3, 2))
+    with pytest.raises(TypeError, match="dtype"):
+        k.conv2d(x.astype(np.int64), w.astype(np.int64), *geometry, (3, 3))
