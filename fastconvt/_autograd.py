@@ -33,12 +33,13 @@ def _np(t):
     return t.detach().contiguous().numpy()
 
 
-def _run(kernel, *args):
+def _run(kernel, shape, *args):
+    """``kernel(*args, out=...)`` into a new torch tensor of ``shape``: torch
+    allocates, so allocation errors and empty-tensor strides are torch's."""
+    out = torch.empty(shape, dtype=args[0].dtype)
     with _torch_threads():
-        result = kernel(*args)
-    if result.size == 0:  # NumPy gives empty arrays strides torch reads as non-standard
-        return torch.empty(result.shape, dtype=torch.from_numpy(result).dtype)
-    return torch.from_numpy(result)
+        kernel(*(_np(a) if isinstance(a, torch.Tensor) else a for a in args), out=out.numpy())
+    return out
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):
@@ -48,8 +49,8 @@ class ConvTranspose2dFunction(torch.autograd.Function):
     def forward(ctx, x, w, b, geometry, out_hw):
         ctx.geometry = geometry
         ctx.save_for_backward(x, w)
-        b = None if b is None else _np(b)
-        return _run(kernels.direct.conv_transpose2d, _np(x), _np(w), b, *geometry, out_hw)
+        shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
+        return _run(kernels.direct.conv_transpose2d, shape, x, w, b, *geometry, out_hw)
 
     @staticmethod
     def backward(ctx, gy):
@@ -71,7 +72,8 @@ class Conv2dFunction(torch.autograd.Function):
     def forward(ctx, y, w, geometry, in_hw):
         ctx.geometry = geometry
         ctx.save_for_backward(y, w)
-        return _run(kernels.direct.conv2d, _np(y), _np(w), *geometry, in_hw)
+        shape = (y.shape[0], w.shape[0]) + tuple(in_hw)
+        return _run(kernels.direct.conv2d, shape, y, w, *geometry, in_hw)
 
     @staticmethod
     def backward(ctx, gx):
@@ -92,7 +94,8 @@ class WeightCorrelationFunction(torch.autograd.Function):
     def forward(ctx, x, y, geometry, kernel_hw):
         ctx.geometry = geometry
         ctx.save_for_backward(x, y)
-        return _run(kernels.direct.weight_correlation, _np(x), _np(y), *geometry, kernel_hw)
+        shape = (x.shape[1], y.shape[1] // geometry[3]) + tuple(kernel_hw)
+        return _run(kernels.direct.weight_correlation, shape, x, y, *geometry, kernel_hw)
 
     @staticmethod
     def backward(ctx, gw):

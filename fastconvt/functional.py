@@ -89,22 +89,21 @@ def _uses_kernels(input, weight, bias):
                and t.dtype == input.dtype for t in tensors) and input.dtype in _KERNEL_DTYPES
 
 
-def _int(name, value):
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise TypeError(f"conv_transpose2d(): argument '{name}' must be int, "
-                        f"not {type(value).__name__}") from None
+def _int(name, value, what="int"):
+    """``value`` as a Python int, rejecting what torch's argument parser rejects."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"conv_transpose2d(): argument '{name}' must be {what}, "
+                        f"not {type(value).__name__}")
+    value = operator.index(value)
+    if not -2**63 <= value < 2**63:
+        raise ValueError(f"Overflow when unpacking long long: {name}={value}")
+    return value
 
 
 def _pair(name, value):
     """An int or a sequence of one or two ints, as a pair (torch's IntArrayRef[2])."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    try:
-        values = tuple(operator.index(v) for v in values)
-    except TypeError:
-        raise TypeError(f"conv_transpose2d(): argument '{name}' must be tuple of ints, "
-                        f"not {type(value).__name__}") from None
+    values = tuple(_int(name, v, "tuple of ints") for v in values)
     if len(values) == 1:
         return values * 2
     if len(values) != 2:

@@ -50,26 +50,27 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
 
 
 def convert(module):
-    """Replace every ``torch.nn.ConvTranspose2d`` in ``module`` by a
-    :class:`fastconvt.ConvTranspose2d` that holds the same Parameter objects.
+    """Make every ``torch.nn.ConvTranspose2d`` in ``module`` (``module`` itself
+    included) a :class:`fastconvt.ConvTranspose2d`, in place, and return ``module``.
 
-    Works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: containers are
-    modified in place (their children are swapped) and the converted module is
-    returned, so always write ``model = fastconvt.convert(model)``; when
-    ``module`` is itself a ``ConvTranspose2d`` the return value is a new module.
-    Only modules whose type is exactly ``torch.nn.ConvTranspose2d`` are converted
-    (a user subclass may override ``forward``). Each replacement keeps its
-    original's parameters, buffers, hooks, training mode and device: its state is
-    a shallow copy of the original's, with the same tensors.
+    Each converted layer stays the same object: only its class changes. Its
+    Parameters, buffers, hooks (and their removable handles), training mode and
+    device are untouched, and so is every reference to it held elsewhere (an
+    optimizer, a list of layers). Only modules whose type is exactly
+    ``torch.nn.ConvTranspose2d`` are converted: a user subclass may override
+    ``forward``, and a parametrized layer (``torch.nn.utils.parametrize``) has a
+    generated subclass type; both are left as they are.
+
+    Examples::
+
+        >>> model = nn.Sequential(nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1), nn.ReLU())
+        >>> fastconvt.convert(model)[0].__class__.__name__
+        'ConvTranspose2d'
+        >>> type(model[0]) is fastconvt.ConvTranspose2d
+        True
     """
-    if type(module) is torch.nn.ConvTranspose2d:
-        converted = ConvTranspose2d.__new__(ConvTranspose2d)
-        converted.__dict__.update(
-            {key: value.copy() if isinstance(value, dict) else value
-             for key, value in module.__dict__.items()})
-        return converted
-    for name, child in module.named_children():
-        converted = convert(child)
-        if converted is not child:
-            setattr(module, name, converted)
+    for layer in module.modules():
+        if type(layer) is torch.nn.ConvTranspose2d:
+            # ConvTranspose2d adds no state to torch's class, so the instance is complete
+            layer.__class__ = ConvTranspose2d
     return module

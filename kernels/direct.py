@@ -41,25 +41,27 @@ def _conv_transpose2d_direct(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups):
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     c_out, h_out, w_out = y.shape[1], y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in prange(n_batch * c_out):
+    for job in prange(n_batch * c_out):  # job -> output plane y[n, co]
         n = job // c_out
         co = job % c_out
         g = co // c_out_g
         c = co % c_out_g
-        plane = y[n, co]
-        plane[:, :] = bias[co] if bias.shape[0] > 0 else 0.0
+        b = bias[co] if bias.shape[0] > 0 else 0.0
+        for oh in range(h_out):
+            for ow in range(w_out):
+                y[n, co, oh, ow] = b
         for ci in range(g * c_in_g, (g + 1) * c_in_g):
             for kh in range(k_h):
-                ih_lo, ih_hi = _tap_range(kh * dh - ph, sh, h_in, h_out)
-                for ih in range(ih_lo, ih_hi):
-                    row = plane[ih * sh + kh * dh - ph]
-                    x_row = x[n, ci, ih]
-                    for kw in range(k_w):
-                        off = kw * dw - pw
-                        iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
-                        wv = w[ci, c, kh, kw]
+                off_h = kh * dh - ph
+                ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+                for kw in range(k_w):
+                    off_w = kw * dw - pw
+                    iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+                    wv = w[ci, c, kh, kw]
+                    for ih in range(ih_lo, ih_hi):
+                        oh = ih * sh + off_h
                         for iw in range(iw_lo, iw_hi):
-                            row[iw * sw + off] += wv * x_row[iw]
+                            y[n, co, oh, iw * sw + off_w] += wv * x[n, ci, ih, iw]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
@@ -68,25 +70,26 @@ def _conv2d_direct(y, w, x, sh, sw, ph, pw, dh, dw, groups):
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in prange(n_batch * c_in):
+    for job in prange(n_batch * c_in):  # job -> input plane x[n, ci]
         n = job // c_in
         ci = job % c_in
         g = ci // c_in_g
-        plane = x[n, ci]
-        plane[:, :] = 0.0
+        for ih in range(h_in):
+            for iw in range(w_in):
+                x[n, ci, ih, iw] = 0.0
         for c in range(c_out_g):
-            y_plane = y[n, g * c_out_g + c]
+            co = g * c_out_g + c
             for kh in range(k_h):
-                ih_lo, ih_hi = _tap_range(kh * dh - ph, sh, h_in, h_out)
-                for ih in range(ih_lo, ih_hi):
-                    row = plane[ih]
-                    y_row = y_plane[ih * sh + kh * dh - ph]
-                    for kw in range(k_w):
-                        off = kw * dw - pw
-                        iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
-                        wv = w[ci, c, kh, kw]
+                off_h = kh * dh - ph
+                ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+                for kw in range(k_w):
+                    off_w = kw * dw - pw
+                    iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+                    wv = w[ci, c, kh, kw]
+                    for ih in range(ih_lo, ih_hi):
+                        oh = ih * sh + off_h
                         for iw in range(iw_lo, iw_hi):
-                            row[iw] += wv * y_row[iw * sw + off]
+                            x[n, ci, ih, iw] += wv * y[n, co, oh, iw * sw + off_w]
 
 
 @njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
@@ -95,22 +98,22 @@ def _weight_correlation_direct(x, y, w, sh, sw, ph, pw, dh, dw, groups):
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in prange(c_in * c_out_g):
+    for job in prange(c_in * c_out_g):  # job -> weight slice w[ci, c]
         ci = job // c_out_g
         c = job % c_out_g
         co = (ci // c_in_g) * c_out_g + c
         for kh in range(k_h):
-            ih_lo, ih_hi = _tap_range(kh * dh - ph, sh, h_in, h_out)
+            off_h = kh * dh - ph
+            ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
             for kw in range(k_w):
-                off = kw * dw - pw
-                iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
+                off_w = kw * dw - pw
+                iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
                 acc = 0.0  # float64 accumulator: this sum runs over N * H_in * W_in terms
                 for n in range(n_batch):
                     for ih in range(ih_lo, ih_hi):
-                        x_row = x[n, ci, ih]
-                        y_row = y[n, co, ih * sh + kh * dh - ph]
+                        oh = ih * sh + off_h
                         for iw in range(iw_lo, iw_hi):
-                            acc += x_row[iw] * y_row[iw * sw + off]
+                            acc += x[n, ci, ih, iw] * y[n, co, oh, iw * sw + off_w]
                 w[ci, c, kh, kw] = acc
 
 
@@ -124,33 +127,46 @@ def _check(name, *arrays):
             raise ValueError(f"{name}: arrays must be C-contiguous")
 
 
-def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw):
+def _output(name, out, shape, dtype):
+    """``out`` checked against ``shape``/``dtype``, or a new array."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if out.shape != shape or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"{name}: out must be a C-contiguous {dtype} array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    return out
+
+
+def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None):
     """Transposed convolution ``(N, C_in, H_in, W_in) -> (N, C_out, *out_hw)``.
 
     ``w`` is ``(C_in, C_out // groups, kH, kW)``; ``bias`` is ``(C_out,)`` or None.
-    ``out_hw`` is the output's spatial size (normally from the output-size formula).
+    ``out_hw`` is the output's spatial size (normally from the output-size formula);
+    the result is written to ``out`` when given.
     """
     bias = np.empty(0, x.dtype) if bias is None else bias
     _check("conv_transpose2d", x, w, bias)
-    y = np.empty((x.shape[0], w.shape[1] * groups) + tuple(out_hw), x.dtype)
+    y = _output("conv_transpose2d", out, (x.shape[0], w.shape[1] * groups) + tuple(out_hw),
+                x.dtype)
     _conv_transpose2d_direct(x, w, bias, y, *stride, *padding, *dilation, groups)
     return y
 
 
-def conv2d(y, w, stride, padding, dilation, groups, in_hw):
+def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None):
     """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``: the
     adjoint of ``conv_transpose2d`` in its input (so its input gradient)."""
     _check("conv2d", y, w)
-    x = np.empty((y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
+    x = _output("conv2d", out, (y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
     _conv2d_direct(y, w, x, *stride, *padding, *dilation, groups)
     return x
 
 
-def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw):
+def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=None):
     """Correlation of ``x`` ``(N, C_in, H_in, W_in)`` with ``y``
     ``(N, C_out, H_out, W_out)`` giving ``(C_in, C_out // groups, *kernel_hw)``:
     the adjoint of ``conv_transpose2d`` in its weight (so its weight gradient)."""
     _check("weight_correlation", x, y)
-    w = np.empty((x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)
+    w = _output("weight_correlation", out,
+                (x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)
     _weight_correlation_direct(x, y, w, *stride, *padding, *dilation, groups)
     return w
