@@ -19,7 +19,9 @@ def warmup(dtypes=("float32", "float64")):
         x = np.ones((1, 2, 3, 3), dtype)
         w = np.ones((2, 1, 2, 2), dtype)
         geometry = ((2, 2), (1, 1), (1, 1), 2)
-        y = direct.conv_transpose2d(x, w, np.ones(2, dtype), *geometry, (4, 4))
-        direct.conv_transpose2d(x, w, None, *geometry, (4, 4))
-        direct.conv2d(y, w, *geometry, (3, 3))
-        direct.weight_correlation(x, y, *geometry, (2, 2))
+        for parallel in (False, True):
+            y = direct.conv_transpose2d(x, w, np.ones(2, dtype), *geometry, (4, 4),
+                                        parallel=parallel)
+            direct.conv_transpose2d(x, w, None, *geometry, (4, 4), parallel=parallel)
+            direct.conv2d(y, w, *geometry, (3, 3), parallel=parallel)
+            direct.weight_correlation(x, y, *geometry, (2, 2), parallel=parallel)

@@ -1,4 +1,4 @@
-"""Compilation and threading policy for every kernel, defined once.
+"""Compilation, threading and cache policy for every kernel, defined once.
 
 ``FASTMATH`` allows contraction (FMA), reassociation (vectorised reductions)
 and ignoring the sign of zero, but never ``nnan``/``ninf``: a NaN or Inf in
@@ -6,15 +6,63 @@ the input reaches the output exactly as it does in PyTorch.
 
 ``CACHE`` is Numba's on-disk cache; set ``FASTCONVT_NO_CACHE=1`` to turn it off
 (``NUMBA_CACHE_DIR`` relocates it, e.g. for a read-only site-packages).
+
+Every kernel comes as a serial function over a range of independent jobs plus a
+``prange`` driver over all jobs; :func:`launch` picks one per call.
 """
 import os
+import threading
 from contextlib import contextmanager
 
 import numba
 
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 CACHE = os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0")
+JIT = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 FLOAT_DTYPES = ("float32", "float64")
+# Below this many multiply-adds a parallel region costs more than it saves.
+PARALLEL_MIN_WORK = 1 << 16
+
+_forked_child = False
+_workqueue_lock = threading.Lock()
+
+
+def _note_fork():
+    global _forked_child
+    _forked_child = True
+
+
+os.register_at_fork(after_in_child=_note_fork)
+
+
+def _threading_layer():
+    """Numba's threading layer, or None before its first parallel launch."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
+    """Run ``serial(*args, 0, n_jobs)`` or ``parallel(*args)``.
+
+    ``use_parallel=None`` decides: parallel only for enough work, more than one
+    job and more than one thread, and never in a process forked from one whose
+    GNU OpenMP pool is running (libgomp cannot run parallel regions there).
+    The workqueue layer aborts on concurrent launches, so they are serialised
+    while the layer is workqueue or not yet known.
+    """
+    if use_parallel is None:
+        use_parallel = (work >= PARALLEL_MIN_WORK and n_jobs > 1
+                        and numba.get_num_threads() > 1
+                        and not (_forked_child and _threading_layer() == "omp"))
+    if not use_parallel:
+        serial(*args, 0, n_jobs)
+    elif _threading_layer() in (None, "workqueue"):
+        with _workqueue_lock:
+            parallel(*args)
+    else:
+        parallel(*args)
 
 
 @contextmanager

@@ -15,8 +15,9 @@ channels ``g * (C_out // groups) + c`` for ``c`` in ``range(C_out // groups)``:
 * ``conv2d`` (its adjoint in ``x``): ``x[n, ci, i] = sum_{co, k} y[n, co, o] * w[ci, c, k]``
 * ``weight_correlation`` (its adjoint in ``w``): ``w[ci, c, k] = sum_{n, i} x[n, ci, i] * y[n, co, o]``
 
-Each parallel job owns one output plane (or one weight slice), so there are no
-write conflicts and no reductions across threads. Arrays are C-contiguous
+Each job owns one output plane (or one weight slice), so jobs run in parallel
+with no write conflicts and no reductions across threads: ``_*_jobs`` computes a
+range of jobs serially, ``_*_parallel`` spreads all jobs over ``prange``. Arrays are C-contiguous
 float32 or float64, all of one dtype; sizes of ``H_out``/``W_out`` and
 ``H_in``/``W_in`` are taken from the arrays, so any output size works (taps that
 land outside it are dropped).
@@ -24,10 +25,10 @@ land outside it are dropped).
 import numpy as np
 from numba import njit, prange
 
-from ._config import CACHE, FASTMATH, FLOAT_DTYPES
+from ._config import FLOAT_DTYPES, JIT, launch
 
 
-@njit(inline="always", cache=CACHE)
+@njit(inline="always", **JIT)
 def _tap_range(offset, stride, n_in, n_out):
     """Input indices ``i`` in ``[lo, hi)`` with ``0 <= i * stride + offset < n_out``."""
     lo = max(0, -(offset // stride))  # ceil(-offset / stride)
@@ -35,13 +36,13 @@ def _tap_range(offset, stride, n_in, n_out):
     return lo, max(lo, hi)
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
-def _conv_transpose2d_direct(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups):
-    n_batch, c_in, h_in, w_in = x.shape
+@njit(**JIT)
+def _conv_transpose2d_jobs(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
+    c_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     c_out, h_out, w_out = y.shape[1], y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in prange(n_batch * c_out):  # job -> output plane y[n, co]
+    for job in range(job_lo, job_hi):  # job -> output plane y[n, co]
         n = job // c_out
         co = job % c_out
         g = co // c_out_g
@@ -64,13 +65,19 @@ def _conv_transpose2d_direct(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups):
                             y[n, co, oh, iw * sw + off_w] += wv * x[n, ci, ih, iw]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
-def _conv2d_direct(y, w, x, sh, sw, ph, pw, dh, dw, groups):
-    n_batch, c_in, h_in, w_in = x.shape
+@njit(parallel=True, **JIT)
+def _conv_transpose2d_parallel(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups):
+    for job in prange(y.shape[0] * y.shape[1]):
+        _conv_transpose2d_jobs(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job, job + 1)
+
+
+@njit(**JIT)
+def _conv2d_jobs(y, w, x, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
+    c_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in prange(n_batch * c_in):  # job -> input plane x[n, ci]
+    for job in range(job_lo, job_hi):  # job -> input plane x[n, ci]
         n = job // c_in
         ci = job % c_in
         g = ci // c_in_g
@@ -92,13 +99,19 @@ def _conv2d_direct(y, w, x, sh, sw, ph, pw, dh, dw, groups):
                             x[n, ci, ih, iw] += wv * y[n, co, oh, iw * sw + off_w]
 
 
-@njit(parallel=True, fastmath=FASTMATH, cache=CACHE)
-def _weight_correlation_direct(x, y, w, sh, sw, ph, pw, dh, dw, groups):
+@njit(parallel=True, **JIT)
+def _conv2d_parallel(y, w, x, sh, sw, ph, pw, dh, dw, groups):
+    for job in prange(x.shape[0] * x.shape[1]):
+        _conv2d_jobs(y, w, x, sh, sw, ph, pw, dh, dw, groups, job, job + 1)
+
+
+@njit(**JIT)
+def _weight_correlation_jobs(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
     n_batch, c_in, h_in, w_in = x.shape
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in prange(c_in * c_out_g):  # job -> weight slice w[ci, c]
+    for job in range(job_lo, job_hi):  # job -> weight slice w[ci, c]
         ci = job // c_out_g
         c = job % c_out_g
         co = (ci // c_in_g) * c_out_g + c
@@ -115,6 +128,12 @@ def _weight_correlation_direct(x, y, w, sh, sw, ph, pw, dh, dw, groups):
                         for iw in range(iw_lo, iw_hi):
                             acc += x[n, ci, ih, iw] * y[n, co, oh, iw * sw + off_w]
                 w[ci, c, kh, kw] = acc
+
+
+@njit(parallel=True, **JIT)
+def _weight_correlation_parallel(x, y, w, sh, sw, ph, pw, dh, dw, groups):
+    for job in prange(w.shape[0] * w.shape[1]):
+        _weight_correlation_jobs(x, y, w, sh, sw, ph, pw, dh, dw, groups, job, job + 1)
 
 
 def _check(name, *arrays):
@@ -137,36 +156,49 @@ def _output(name, out, shape, dtype):
     return out
 
 
-def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None):
+def _work(x, w):
+    """Multiply-adds of any of the three maps (ignoring taps cropped at the borders)."""
+    return x.shape[0] * x.shape[2] * x.shape[3] * w.size
+
+
+def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
+                     parallel=None):
     """Transposed convolution ``(N, C_in, H_in, W_in) -> (N, C_out, *out_hw)``.
 
     ``w`` is ``(C_in, C_out // groups, kH, kW)``; ``bias`` is ``(C_out,)`` or None.
     ``out_hw`` is the output's spatial size (normally from the output-size formula);
-    the result is written to ``out`` when given.
+    the result is written to ``out`` when given. ``parallel`` forces the serial
+    (False) or the ``prange`` (True) driver; None picks by the amount of work.
     """
     bias = np.empty(0, x.dtype) if bias is None else bias
     _check("conv_transpose2d", x, w, bias)
     y = _output("conv_transpose2d", out, (x.shape[0], w.shape[1] * groups) + tuple(out_hw),
                 x.dtype)
-    _conv_transpose2d_direct(x, w, bias, y, *stride, *padding, *dilation, groups)
+    launch(_conv_transpose2d_jobs, _conv_transpose2d_parallel,
+           (x, w, bias, y, *stride, *padding, *dilation, groups),
+           y.shape[0] * y.shape[1], _work(x, w), parallel)
     return y
 
 
-def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None):
+def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=None):
     """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``: the
     adjoint of ``conv_transpose2d`` in its input (so its input gradient)."""
     _check("conv2d", y, w)
     x = _output("conv2d", out, (y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
-    _conv2d_direct(y, w, x, *stride, *padding, *dilation, groups)
+    launch(_conv2d_jobs, _conv2d_parallel, (y, w, x, *stride, *padding, *dilation, groups),
+           x.shape[0] * x.shape[1], _work(x, w), parallel)
     return x
 
 
-def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=None):
+def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=None,
+                       parallel=None):
     """Correlation of ``x`` ``(N, C_in, H_in, W_in)`` with ``y``
     ``(N, C_out, H_out, W_out)`` giving ``(C_in, C_out // groups, *kernel_hw)``:
     the adjoint of ``conv_transpose2d`` in its weight (so its weight gradient)."""
     _check("weight_correlation", x, y)
     w = _output("weight_correlation", out,
                 (x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)
-    _weight_correlation_direct(x, y, w, *stride, *padding, *dilation, groups)
+    launch(_weight_correlation_jobs, _weight_correlation_parallel,
+           (x, y, w, *stride, *padding, *dilation, groups),
+           w.shape[0] * w.shape[1], _work(x, w), parallel)
     return w

@@ -64,30 +64,32 @@ def _dot(a, b):
     return float(np.vdot(a.astype(np.float64), b.astype(np.float64)))
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=150, deadline=None)
 @given(problem=geometries())
-def test_family_against_torch(family, problem):
+def test_family_against_torch(family, parallel, problem):
     geometry, shapes, dtype = problem
     k = FAMILIES[family]
     x, w, y, b = _arrays(geometry, shapes, dtype)
-    out = k.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"])
+    out = k.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel)
     bound = _torch_conv_transpose(abs(x), abs(w), abs(b), geometry, shapes["out_hw"])
     _close(out, _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"]), dtype,
            bound.max() if bound.size else 0.0)
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=150, deadline=None)
 @given(problem=geometries())
-def test_family_adjoints(family, problem):
+def test_family_adjoints(family, parallel, problem):
     """<T(x, w), y> == <x, C(y, w)> == <w, W(x, y)> for any output size."""
     geometry, shapes, dtype = problem
     k = FAMILIES[family]
     x, w, y, _ = _arrays(geometry, shapes, dtype)
-    t = _dot(k.conv_transpose2d(x, w, None, *geometry, shapes["out_hw"]), y)
-    c = _dot(x, k.conv2d(y, w, *geometry, shapes["size"]))
-    wc = _dot(w, k.weight_correlation(x, y, *geometry, shapes["kernel"]))
+    t = _dot(k.conv_transpose2d(x, w, None, *geometry, shapes["out_hw"], parallel=parallel), y)
+    c = _dot(x, k.conv2d(y, w, *geometry, shapes["size"], parallel=parallel))
+    wc = _dot(w, k.weight_correlation(x, y, *geometry, shapes["kernel"], parallel=parallel))
     scale = np.sqrt(x.size * y.size * w.size) + 1.0
     tol = RTOL[dtype] * scale
     assert abs(t - c) <= tol and abs(t - wc) <= tol, (t, c, wc)

@@ -1,0 +1,86 @@
+"""fastconvt under concurrency: several Python threads at once, every Numba
+threading layer, and processes forked after the kernels ran (DataLoader
+workers with the fork start method)."""
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+
+import fastconvt
+from conftest import assert_close, reference
+
+SCRIPT = textwrap.dedent("""
+    import multiprocessing, sys
+    import torch, fastconvt
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 8, 16, 16, generator=g)
+    w = torch.randn(8, 4, 4, 4, generator=g)
+    ref = torch.nn.functional.conv_transpose2d(x.double(), w.double(), stride=2, padding=1)
+
+    def error(_=None):
+        y = fastconvt.conv_transpose2d(x, w, stride=2, padding=1)
+        return float((y.double() - ref).abs().max() / ref.abs().max())
+
+    errors = [error()]  # the parent starts Numba's thread pool first
+    if sys.argv[1] == "fork":
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            errors += pool.map_async(error, range(4)).get(timeout=60)
+    else:
+        import threading
+        threads = [threading.Thread(target=lambda: errors.extend(error() for _ in range(10)))
+                   for _ in range(4)]
+        [t.start() for t in threads]
+        [t.join() for t in threads]
+    import numba
+    print(numba.threading_layer(), len(errors), max(errors))
+    assert max(errors) < 1e-5 and len(errors) == (5 if sys.argv[1] == "fork" else 41)
+""")
+
+
+def _run(mode, layer, cwd):
+    env = {"NUMBA_THREADING_LAYER": layer, "PATH": "/usr/bin:/bin"}
+    # -P and a neutral cwd: the installed fastconvt, never the source tree's
+    done = subprocess.run([sys.executable, "-P", "-c", SCRIPT, mode], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.split()[0] == layer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def test_forked_children_compute(layer, tmp_path):
+    """GNU OpenMP cannot run parallel regions in a child forked after its pool
+    started; fastconvt runs its kernels serially there instead of dying."""
+    _run("fork", layer, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", ["omp", "workqueue"])
+def test_concurrent_python_threads(layer, tmp_path):
+    """The workqueue layer aborts on concurrent parallel launches unless
+    fastconvt serialises them."""
+    _run("threads", layer, tmp_path)
+
+
+def test_concurrent_python_threads_in_process(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, 12, 12, generator=g, dtype=dtype)
+    w = torch.randn(6, 3, 3, 3, generator=g, dtype=dtype)
+    ref = reference(x, w, stride=2, padding=1, groups=2)
+    results = []
+
+    def work():
+        results.extend(fastconvt.conv_transpose2d(x, w, stride=2, padding=1, groups=2)
+                       for _ in range(10))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 40
+    for out in results:
+        assert_close(out, ref, dtype)
