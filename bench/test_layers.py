@@ -29,30 +29,23 @@ def _setup(layer, impl, dtype, requires_grad):
     return module, x
 
 
+@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("layer", LAYERS)
-def test_forward(benchmark, layer, impl, dtype):
-    benchmark.group = f"{layer} forward {dtype}"
-    benchmark.extra_info.update(layer=layer, impl=impl, dtype=dtype, mode="forward",
+def test_layer(benchmark, layer, impl, dtype, mode):
+    benchmark.group = f"{layer} {mode} {dtype}"
+    benchmark.extra_info.update(layer=layer, impl=impl, dtype=dtype, mode=mode,
                                 threads=torch.get_num_threads())
-    module, x = _setup(layer, impl, dtype, requires_grad=False)
-    with torch.no_grad():
-        module(x)  # warm-up
-        benchmark(module, x)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("layer", LAYERS)
-def test_forward_backward(benchmark, layer, impl, dtype):
-    benchmark.group = f"{layer} forward+backward {dtype}"
-    benchmark.extra_info.update(layer=layer, impl=impl, dtype=dtype, mode="forward+backward",
-                                threads=torch.get_num_threads())
-    module, x = _setup(layer, impl, dtype, requires_grad=True)
+    training = mode != "forward"
+    module, x = _setup(layer, impl, dtype, requires_grad=training)
 
     def step():
-        module(x).sum().backward()
+        if training:
+            module(x).sum().backward()
+        else:
+            with torch.no_grad():
+                module(x)
 
     step()  # warm-up
     benchmark(step)

@@ -31,10 +31,13 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         + \text{dilation}[0] \times (kH - 1) + \text{output\_padding}[0] + 1`, likewise
         :math:`W_{out}`.
 
-    Differences from torch: none in results, errors or memory format. float32 and
-    float64 CPU tensors are computed by fastconvt's kernels; anything else (other
-    dtypes, other devices, mixed dtypes, ``__torch_function__`` subclasses) is
-    passed to :func:`torch.nn.functional.conv_transpose2d`.
+    Differences from torch: none in results, gradients or memory format. float32
+    and float64 CPU tensors are computed by fastconvt's kernels; anything else
+    (other dtypes, other devices, mixed dtypes, ``__torch_function__`` subclasses)
+    is passed to :func:`torch.nn.functional.conv_transpose2d`. Errors have torch's
+    types; where torch is inconsistent, fastconvt always rejects: an output height
+    or width of 0 and ``dilation=0`` raise ``RuntimeError`` for every dtype and
+    batch size (torch's float32 path accepts some of them).
 
     Examples::
 
