@@ -64,11 +64,17 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                               dilation)
     if input.shape[0] == 0:
         return _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
-    geometry = (stride, padding, dilation, groups)
-    out = ConvTranspose2dFunction.apply(input, weight, bias, geometry, out_hw)
+    out = _apply_kernels(input, weight, bias, (stride, padding, dilation, groups), out_hw)
     if _is_channels_last(input) or _is_channels_last(weight):
         out = out.contiguous(memory_format=torch.channels_last)
     return out
+
+
+@torch.compiler.disable
+def _apply_kernels(input, weight, bias, geometry, out_hw):
+    """The kernels' autograd Function, opaque to ``torch.compile`` (a graph break:
+    Dynamo cannot trace Numba, and would crash trying)."""
+    return ConvTranspose2dFunction.apply(input, weight, bias, geometry, out_hw)
 
 
 def _empty_batch(input, weight, bias, out_shape):
