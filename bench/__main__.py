@@ -1,62 +1,70 @@
-"""``python -m bench``: run the benchmark against torch and print the speed-up table.
+"""``python -m bench [pytest options]``: the project's benchmark (``make bench``).
 
-Speed-up is torch's median time over fastconvt's, both measured in the same
-process, side by side; GFLOP/s counts only the useful multiply-adds.
+1. Times ``fastconvt.warmup()`` in fresh processes, without Numba's on-disk cache
+   (``FASTCONVT_NO_CACHE=1``) and with it (warm: a first cached process fills it).
+2. Runs bench/test_layers.py under pytest-benchmark, passing every argument through
+   (e.g. ``--benchmark-max-time=0.05 --benchmark-min-rounds=1`` for a smoke run,
+   ``-k dcgan``, ``--family gemm``); defaults are in bench/pytest.ini.
+3. Prints the report and writes bench/results/latest.{json,md} and speedups.png.
 """
 import json
-import math
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from . import report
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from layers import LAYERS, flops  # noqa: E402
+OUT = HERE / "results"
+# cwd is bench/ for every child: never the repo root, whose ./fastconvt (without its
+# kernels) would shadow the installed package.
+_WARMUP = ("import time, fastconvt; start = time.perf_counter(); fastconvt.warmup(); "
+           "print(time.perf_counter() - start)")
 
 
-def run(json_path, extra_args):
-    command = [sys.executable, "-m", "pytest", str(HERE / "test_layers.py"), "-q",
-               "-p", "no:cacheprovider", f"--rootdir={HERE}", "--benchmark-columns=median,iqr,rounds",
-               "--benchmark-sort=name", f"--benchmark-json={json_path}", *extra_args]
-    env = dict(os.environ, PYTHONPATH=str(HERE))
+def compile_seconds(no_cache):
+    """Wall time of ``fastconvt.warmup()`` in a fresh process (or why it failed)."""
+    env = dict(os.environ, FASTCONVT_NO_CACHE="1" if no_cache else "0")
+    done = subprocess.run([sys.executable, "-c", _WARMUP], cwd=HERE, env=env,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
+    return float(done.stdout.split()[-1])
+
+
+def compile_times():
+    print("timing fastconvt.warmup() in fresh processes ...", flush=True)
+    compile_seconds(no_cache=False)  # fills the on-disk cache if it is cold
+    return {"no_cache": compile_seconds(no_cache=True), "cached": compile_seconds(no_cache=False)}
+
+
+def run_pytest(json_path, extra_args):
+    command = [sys.executable, "-m", "pytest", "test_layers.py", f"--rootdir={HERE}",
+               f"--benchmark-json={json_path}", *extra_args]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     return subprocess.call(command, env=env, cwd=HERE)
 
 
-def table(json_path):
-    results = json.loads(Path(json_path).read_text())
-    medians = {}
-    for bench in results["benchmarks"]:
-        info = bench["extra_info"]
-        medians[info["layer"], info["mode"], info["dtype"], info["impl"]] = bench["stats"]["median"]
-    lines = [f"{'layer':<36} {'pass':<17} {'dtype':<8} {'torch ms':>9} {'ours ms':>9} "
-             f"{'speed-up':>8} {'GFLOP/s':>8}"]
-    ratios = {}
-    for (layer, mode, dtype, impl), ours in sorted(medians.items()):
-        if impl != "fastconvt" or (layer, mode, dtype, "torch") not in medians:
-            continue
-        theirs = medians[layer, mode, dtype, "torch"]
-        work = flops(LAYERS[layer]) * (3 if mode != "forward" else 1)
-        ratios.setdefault((mode, dtype), []).append(theirs / ours)
-        lines.append(f"{layer:<36} {mode:<17} {dtype:<8} {theirs * 1e3:>9.3f} {ours * 1e3:>9.3f} "
-                     f"{theirs / ours:>7.2f}x {work / ours / 1e9:>8.1f}")
-    for (mode, dtype), values in sorted(ratios.items()):
-        geomean = math.exp(sum(map(math.log, values)) / len(values))
-        lines.append(f"geometric mean speed-up, {mode}, {dtype}: {geomean:.2f}x")
-    return "\n".join(lines)
-
-
 def main(argv):
-    out_dir = HERE / "results"
-    out_dir.mkdir(exist_ok=True)
-    json_path = out_dir / "latest.json"
-    status = run(json_path, argv)
-    if status != 0:
-        return status
-    report = table(json_path)
-    (out_dir / "latest.txt").write_text(report + "\n")
-    print(report)
-    return 0
+    start = time.perf_counter()
+    OUT.mkdir(exist_ok=True)
+    json_path = OUT / "latest.json"
+    json_path.unlink(missing_ok=True)  # never report a previous run's results
+    compile_s = compile_times()
+    status = run_pytest(json_path, argv)
+    if not json_path.exists():
+        print(f"python -m bench: pytest exited with {status} and wrote no results",
+              file=sys.stderr)
+        return status or 1
+    results = json.loads(json_path.read_text())
+    results["fastconvt_compile_seconds"] = compile_s
+    json_path.write_text(json.dumps(results, indent=2))
+    print(report.write(json_path, OUT))
+    print(f"results: {OUT}/latest.{{json,md}}; total time {time.perf_counter() - start:.0f} s")
+    return status
 
 
 if __name__ == "__main__":

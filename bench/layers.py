@@ -1,18 +1,86 @@
 """The layers the benchmark times: real ConvTranspose2d layers from common models.
 
-Each entry: (batch, C_in, C_out, H_in, W_in, kernel, stride, padding, output_padding,
-groups, dilation).
+Each :class:`Layer` holds a name, the batch size, the input's height and width and
+the ``nn.ConvTranspose2d`` arguments. ``LAYERS`` maps names to layers, in table order.
 """
-LAYERS = {
-    "article-1to1-k3s2-4x4": (1, 1, 1, 4, 4, 3, 2, 1, 0, 1, 1),
-    "dcgan-128to64-k4s2-16x16-b16": (16, 128, 64, 16, 16, 4, 2, 1, 0, 1, 1),
-    "dcgan-64to3-k4s2-32x32-b16": (16, 64, 3, 32, 32, 4, 2, 1, 0, 1, 1),
-    "depthwise-64-k4s2-56x56-b8": (8, 64, 64, 56, 56, 4, 2, 1, 0, 64, 1),
-    "autoencoder-16to8-k3s2-14x14-b32": (32, 16, 8, 14, 14, 3, 2, 1, 1, 1, 1),
-}
+from typing import NamedTuple
+
+MODES = ("forward", "forward+backward")
 
 
-def flops(layer):
-    """Multiply-adds x 2 of one forward pass (no multiplications by inserted zeros)."""
-    n, c_in, c_out, h, w, k, s, p, op, groups, d = layer
-    return 2 * n * c_in * (c_out // groups) * k * k * h * w
+class Layer(NamedTuple):
+    name: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    height: int
+    width: int
+    kernel_size: int
+    stride: int = 1
+    padding: int = 0
+    output_padding: int = 0
+    groups: int = 1
+    dilation: int = 1
+
+    @property
+    def input_shape(self):
+        return (self.batch, self.in_channels, self.height, self.width)
+
+    @property
+    def output_shape(self):
+        def size(n):
+            return ((n - 1) * self.stride - 2 * self.padding
+                    + self.dilation * (self.kernel_size - 1) + self.output_padding + 1)
+        return (self.batch, self.out_channels, size(self.height), size(self.width))
+
+    def conv_args(self):
+        """Keyword arguments of ``nn.ConvTranspose2d`` (bias included)."""
+        return dict(in_channels=self.in_channels, out_channels=self.out_channels,
+                    kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation, bias=True)
+
+    def functional_args(self):
+        """``stride`` ... ``dilation`` as keywords of ``F.conv_transpose2d``."""
+        return dict(stride=self.stride, padding=self.padding,
+                    output_padding=self.output_padding, groups=self.groups,
+                    dilation=self.dilation)
+
+
+_LAYERS = [
+    # DCGAN generator, nz=100, ngf=64, batch 64: all five layers.
+    Layer("dcgan1-100to512-k4s1-1x1-b64", 64, 100, 512, 1, 1, 4, 1, 0),
+    Layer("dcgan2-512to256-k4s2-4x4-b64", 64, 512, 256, 4, 4, 4, 2, 1),
+    Layer("dcgan3-256to128-k4s2-8x8-b64", 64, 256, 128, 8, 8, 4, 2, 1),
+    Layer("dcgan4-128to64-k4s2-16x16-b64", 64, 128, 64, 16, 16, 4, 2, 1),
+    Layer("dcgan5-64to3-k4s2-32x32-b64", 64, 64, 3, 32, 32, 4, 2, 1),
+    # U-Net up-convolutions.
+    Layer("unet-1024to512-k2s2-28x28", 1, 1024, 512, 28, 28, 2, 2),
+    Layer("unet-128to64-k2s2-112x112", 1, 128, 64, 112, 112, 2, 2),
+    # FCN upsampling (21 PASCAL VOC classes): FCN-16s' 2x and FCN-32s' 32x.
+    Layer("fcn-21-k4s2-32x32", 1, 21, 21, 32, 32, 4, 2),
+    Layer("fcn-21-k64s32p16-16x16", 1, 21, 21, 16, 16, 64, 32, 16),
+    # Depthwise (MobileNet-style decoders).
+    Layer("depthwise-64-k4s2-56x56-b8", 8, 64, 64, 56, 56, 4, 2, 1, groups=64),
+    # FSRCNN's last layer (x3 super-resolution).
+    Layer("fsrcnn-56to1-k9s3-128x128", 1, 56, 1, 128, 128, 9, 3, 4, output_padding=2),
+    # Less common geometries.
+    Layer("stride1-64to64-k3-32x32-b8", 8, 64, 64, 32, 32, 3, 1, 1),
+    Layer("dilated-32to32-k3s2d2-32x32-b4", 4, 32, 32, 32, 32, 3, 2, 1,
+          output_padding=1, dilation=2),
+    Layer("autoencoder-16to8-k3s2-14x14-b32", 32, 16, 8, 14, 14, 3, 2, 1, output_padding=1),
+    # The article's example: tiny, all overhead.
+    Layer("article-1to1-k3s2-4x4", 1, 1, 1, 4, 4, 3, 2, 1),
+]
+LAYERS = {layer.name: layer for layer in _LAYERS}
+
+
+def flops(layer, mode="forward"):
+    """2 x the useful multiply-adds of one pass (none by inserted zeros):
+    N * C_in * (C_out / groups) * kH * kW * H_in * W_in for a forward,
+    3x that for a forward+backward (grad_input and grad_weight cost one forward each)."""
+    if isinstance(layer, str):
+        layer = LAYERS[layer]
+    forward = (2 * layer.batch * layer.in_channels * (layer.out_channels // layer.groups)
+               * layer.kernel_size ** 2 * layer.height * layer.width)
+    return forward * (3 if mode == "forward+backward" else 1)

@@ -1,51 +1,157 @@
-"""pytest-benchmark comparisons of fastconvt against torch, grouped per layer,
-pass and dtype. Run through ``python -m bench`` (the README's main command)."""
+"""pytest-benchmark timings of fastconvt against torch (and ONNX Runtime when it is
+installed), one group per layer, mode and dtype, plus a large matmul as the
+machine's reference peak. Run through ``python -m bench`` (the README's main command).
+
+Timing: each callable is called once untimed (twice when that call is under 50 ms)
+after the session fixture has compiled the kernels, then timed for pytest-benchmark's
+usual number of rounds: enough to fill ``--benchmark-max-time`` (estimated from the
+last warm-up call), at least ``--benchmark-min-rounds``. A slow call therefore gets
+exactly min-rounds rounds and a single warm-up.
+"""
+import io
+import math
+import time
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
 import fastconvt
-from layers import LAYERS
+from layers import LAYERS, MODES, flops
 
-THREADS = 2
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 IMPLS = {"torch": torch.nn.ConvTranspose2d, "fastconvt": fastconvt.ConvTranspose2d}
+MATMUL_MKN = (2048, 1024, 2048)
+ONNX_THREADS = 2
 
 
-@pytest.fixture(scope="session", autouse=True)
-def pinned_threads():
-    """Both libraries on the same number of threads (fastconvt follows torch's)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    fastconvt.warmup()  # compile time is not what is measured here
-    yield
-    torch.set_num_threads(previous)
+def _time(benchmark, config, step):
+    """Warm ``step`` up, then time it with pytest-benchmark (rounds as in the module doc)."""
+    for _ in range(2):
+        start = time.perf_counter()
+        step()
+        seconds = time.perf_counter() - start
+        if seconds >= 0.05:
+            break
+    max_time = float(config.getoption("benchmark_max_time"))
+    rounds = math.ceil(max_time / max(seconds, 1e-7))
+    rounds = max(rounds, config.getoption("benchmark_min_rounds"), 1)
+    benchmark.pedantic(step, rounds=rounds, iterations=1)
 
 
-def _setup(layer, impl, dtype, requires_grad):
-    n, c_in, c_out, h, w, k, s, p, op, groups, d = LAYERS[layer]
-    torch.manual_seed(0)
-    module = IMPLS[impl](c_in, c_out, k, s, p, op, groups, True, d, dtype=DTYPES[dtype])
-    x = torch.randn(n, c_in, h, w, dtype=DTYPES[dtype], requires_grad=requires_grad)
-    return module, x
-
-
-@pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("layer", LAYERS)
-def test_layer(benchmark, layer, impl, dtype, mode):
+def _describe(benchmark, layer, impl, dtype, mode, **more):
     benchmark.group = f"{layer} {mode} {dtype}"
-    benchmark.extra_info.update(layer=layer, impl=impl, dtype=dtype, mode=mode,
-                                threads=torch.get_num_threads())
-    training = mode != "forward"
-    module, x = _setup(layer, impl, dtype, requires_grad=training)
+    info = dict(layer=layer, impl=impl, dtype=dtype, mode=mode,
+                threads=torch.get_num_threads(), flops=flops(LAYERS[layer], mode))
+    benchmark.extra_info.update(info, **more)
 
-    def step():
-        if training:
-            module(x).sum().backward()
-        else:
+
+def _family(layer, x, weight, forced):
+    """The kernel family fastconvt's dispatcher picks here ("-" if it has none)."""
+    if forced:
+        return forced
+    select = getattr(fastconvt, "select_family", None)
+    if select is None:
+        return "-"
+    try:
+        return str(select(x.detach(), weight.detach(), **layer.functional_args()))
+    except Exception as error:  # noqa: BLE001 - the report shows it, the timing goes on
+        return f"error: {type(error).__name__}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matmul_peak(benchmark, pytestconfig, dtype):
+    """The reference peak: one large matmul on the same threads."""
+    m, k, n = MATMUL_MKN
+    torch.manual_seed(0)
+    a = torch.randn(m, k, dtype=DTYPES[dtype])
+    b = torch.randn(k, n, dtype=DTYPES[dtype])
+    out = torch.empty(m, n, dtype=DTYPES[dtype])
+    benchmark.group = f"matmul peak {dtype}"
+    benchmark.extra_info.update(impl="torch.matmul", dtype=dtype, shape=[m, k, n],
+                                threads=torch.get_num_threads(), flops=2 * m * k * n)
+    _time(benchmark, pytestconfig, lambda: torch.matmul(a, b, out=out))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layer", LAYERS)
+def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, impl):
+    """One layer, one pass, one dtype, torch's module or fastconvt's."""
+    spec = LAYERS[layer]
+    torch.manual_seed(0)  # same weights and data for both implementations
+    module = IMPLS[impl](**spec.conv_args(), dtype=DTYPES[dtype])
+    x = torch.randn(spec.input_shape, dtype=DTYPES[dtype], requires_grad=mode != "forward")
+    grad = torch.randn(spec.output_shape, dtype=DTYPES[dtype])
+    params = (x, module.weight, module.bias)
+    forced = family if impl == "fastconvt" else None
+    _describe(benchmark, layer, impl, dtype, mode,
+              family=_family(spec, x, module.weight, forced) if impl == "fastconvt" else "")
+
+    if mode == "forward":
+        def step():
             with torch.no_grad():
                 module(x)
+    else:
+        def step():  # grad_input, grad_weight and grad_bias, as in training
+            torch.autograd.grad(module(x), params, grad)
 
-    step()  # warm-up
-    benchmark(step)
+    if forced:
+        with fastconvt.use_family(forced):
+            _time(benchmark, pytestconfig, step)
+    else:
+        _time(benchmark, pytestconfig, step)
+
+
+def _onnx_session(layer, module, x):
+    """An ONNX Runtime session running ``module`` exported to ONNX (in memory)."""
+    import onnxruntime
+
+    buffer = io.BytesIO()
+    errors = []
+    for dynamo in (False, True):  # the TorchScript exporter needs no onnxscript
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(module, (x,), buffer, dynamo=dynamo,
+                                  input_names=["x"], output_names=["y"])
+            break
+        except Exception as error:  # noqa: BLE001
+            errors.append(f"dynamo={dynamo}: {type(error).__name__}: {error}".splitlines()[0])
+            buffer = io.BytesIO()
+    else:
+        raise RuntimeError("torch.onnx.export failed: " + "; ".join(errors))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = ONNX_THREADS
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    return onnxruntime.InferenceSession(buffer.getvalue(), options,
+                                        providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_onnxruntime(benchmark, pytestconfig, notes, layer):
+    """ONNX Runtime's ConvTranspose, float32 forward only (its CPU kernel has no float64)."""
+    spec = LAYERS[layer]
+    torch.manual_seed(0)
+    module = torch.nn.ConvTranspose2d(**spec.conv_args()).eval()
+    x = torch.randn(spec.input_shape)
+    try:
+        session = _onnx_session(spec, module, x)
+        feed = {"x": x.numpy()}
+        with torch.no_grad():
+            expected = module(x).numpy()
+        got = session.run(None, feed)[0]
+        if not np.allclose(got, expected, rtol=1e-3, atol=1e-4):
+            raise RuntimeError(f"wrong result (max error {np.abs(got - expected).max():.3g})")
+    except Exception as error:  # noqa: BLE001 - any failure: record why, skip
+        reason = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        notes["onnx_skipped"][layer] = reason
+        pytest.skip(f"ONNX Runtime: {reason}")
+    _describe(benchmark, layer, "onnxruntime", "float32", "forward", threads=ONNX_THREADS)
+    try:
+        _time(benchmark, pytestconfig, lambda: session.run(None, feed))
+    finally:
+        del session  # stop its thread pool before the next test

@@ -1,10 +1,12 @@
 """fastconvt: a drop-in, Numba-computed replacement for torch.nn.ConvTranspose2d on the CPU."""
 from . import kernels
-from .functional import conv_transpose2d
+from ._dispatch import set_autotune, use_family
+from .functional import conv_transpose2d, select_family
 from .modules import ConvTranspose2d, convert
 
 __version__ = "0.1.0"
-__all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "warmup", "kernels"]
+__all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "select_family", "set_autotune",
+           "use_family", "warmup", "kernels"]
 
 
 def warmup():

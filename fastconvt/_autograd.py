@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 import torch
 
-from . import kernels
+from . import _dispatch, kernels
 
 # geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
 
@@ -30,16 +30,24 @@ def _torch_threads():
 
 
 def _np(t):
-    return t.detach().contiguous().numpy()
+    return None if t is None else t.detach().contiguous().numpy()
 
 
-def _run(kernel, shape, *args):
-    """``kernel(*args, out=...)`` into a new torch tensor of ``shape``: torch
-    allocates, so allocation errors and empty-tensor strides are torch's."""
-    out = torch.empty(shape, dtype=args[0].dtype)
+def _compute(map_name, shape, operands, geometry, size):
+    """One map on tensors: a torch-allocated output (so allocation errors and
+    empty-tensor strides are torch's), NumPy views in, the dispatcher's family."""
+    out = torch.empty(shape, dtype=operands[0].dtype)
     with _torch_threads():
-        kernel(*(_np(a) if isinstance(a, torch.Tensor) else a for a in args), out=out.numpy())
+        _dispatch.run(map_name, tuple(map(_np, operands)), geometry, tuple(size), out.numpy())
     return out
+
+
+def conv_transpose2d(x, w, b, geometry, out_hw):
+    """``y = T(x, w) + b``; through autograd only when a gradient may be asked for."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
+        return ConvTranspose2dFunction.apply(x, w, b, geometry, out_hw)
+    shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
+    return _compute("conv_transpose2d", shape, (x, w, b), geometry, out_hw)
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):
@@ -50,7 +58,7 @@ class ConvTranspose2dFunction(torch.autograd.Function):
         ctx.geometry = geometry
         ctx.save_for_backward(x, w)
         shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
-        return _run(kernels.direct.conv_transpose2d, shape, x, w, b, *geometry, out_hw)
+        return _compute("conv_transpose2d", shape, (x, w, b), geometry, out_hw)
 
     @staticmethod
     def backward(ctx, gy):
@@ -73,7 +81,7 @@ class Conv2dFunction(torch.autograd.Function):
         ctx.geometry = geometry
         ctx.save_for_backward(y, w)
         shape = (y.shape[0], w.shape[0]) + tuple(in_hw)
-        return _run(kernels.direct.conv2d, shape, y, w, *geometry, in_hw)
+        return _compute("conv2d", shape, (y, w), geometry, in_hw)
 
     @staticmethod
     def backward(ctx, gx):
@@ -95,7 +103,7 @@ class WeightCorrelationFunction(torch.autograd.Function):
         ctx.geometry = geometry
         ctx.save_for_backward(x, y)
         shape = (x.shape[1], y.shape[1] // geometry[3]) + tuple(kernel_hw)
-        return _run(kernels.direct.weight_correlation, shape, x, y, *geometry, kernel_hw)
+        return _compute("weight_correlation", shape, (x, y), geometry, kernel_hw)
 
     @staticmethod
     def backward(ctx, gw):

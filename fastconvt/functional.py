@@ -2,12 +2,14 @@
 ``torch.nn.functional.conv_transpose2d``, computed by fastconvt's kernels."""
 import operator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._autograd import ConvTranspose2dFunction
+from . import _autograd, _dispatch
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_NUMPY_DTYPES = {torch.float32: np.dtype("float32"), torch.float64: np.dtype("float64")}
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
@@ -49,6 +51,34 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if not _uses_kernels(input, weight, bias):
         return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
+    unbatched, input, geometry, out_hw = _prepare(input, weight, bias, stride, padding,
+                                                  output_padding, groups, dilation)
+    if input.shape[0] == 0:
+        out = _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
+    else:
+        out = _apply_kernels(input, weight, bias, geometry, out_hw)
+        if _is_channels_last(input) or _is_channels_last(weight):
+            out = out.contiguous(memory_format=torch.channels_last)
+    return out.squeeze(0) if unbatched else out
+
+
+def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The kernel family that computes this call's forward: ``"direct"``, ``"gemm"``,
+    or ``"torch"`` where fastconvt delegates. Arguments as in :func:`conv_transpose2d`
+    (``bias`` does not matter); raises as it would. Under ``set_autotune(True)`` a
+    configuration not yet timed reports the rule's choice."""
+    if not _uses_kernels(input, weight, None):
+        return "torch"
+    _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
+                                          output_padding, groups, dilation)
+    out_shape = (input.shape[0], weight.shape[1] * geometry[3]) + out_hw
+    shapes = (tuple(input.shape), tuple(weight.shape), None)
+    return _dispatch.family("conv_transpose2d", shapes, _NUMPY_DTYPES[input.dtype], geometry,
+                            out_hw, out_shape)
+
+
+def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    """Validate as torch does; return (unbatched, 4-D input, geometry, output (H, W))."""
     stride = _pair("stride", stride)
     padding = _pair("padding", padding)
     output_padding = _pair("output_padding", output_padding)
@@ -57,24 +87,19 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     if input.dim() not in (3, 4):
         raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, "
                            f"but got input of size: {list(input.shape)}")
-    if input.dim() == 3:
-        return conv_transpose2d(input.unsqueeze(0), weight, bias, stride, padding,
-                                output_padding, groups, dilation).squeeze(0)
+    unbatched = input.dim() == 3
+    if unbatched:
+        input = input.unsqueeze(0)
     out_hw = _check_arguments(input, weight, bias, stride, padding, output_padding, groups,
                               dilation)
-    if input.shape[0] == 0:
-        return _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
-    out = _apply_kernels(input, weight, bias, (stride, padding, dilation, groups), out_hw)
-    if _is_channels_last(input) or _is_channels_last(weight):
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+    return unbatched, input, (stride, padding, dilation, groups), out_hw
 
 
 @torch.compiler.disable
 def _apply_kernels(input, weight, bias, geometry, out_hw):
-    """The kernels' autograd Function, opaque to ``torch.compile`` (a graph break:
-    Dynamo cannot trace Numba, and would crash trying)."""
-    return ConvTranspose2dFunction.apply(input, weight, bias, geometry, out_hw)
+    """The kernels, opaque to ``torch.compile`` (a graph break: Dynamo cannot
+    trace Numba, and would crash trying)."""
+    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw)
 
 
 def _empty_batch(input, weight, bias, out_shape):

@@ -5,10 +5,13 @@ Torch-free. Each family module (``direct``) exposes the same three entry points,
 (its weight adjoint), over C-contiguous float32/float64 arrays in NCHW layout.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import direct
+from . import direct, gemm
 from ._config import num_threads
 
-__all__ = ["direct", "num_threads", "warmup"]
+__all__ = ["direct", "gemm", "FAMILIES", "num_threads", "warmup"]
+
+# kernel families by name; each exposes conv_transpose2d, conv2d, weight_correlation
+FAMILIES = {"direct": direct, "gemm": gemm}
 
 
 def warmup(dtypes=("float32", "float64")):
@@ -16,12 +19,13 @@ def warmup(dtypes=("float32", "float64")):
     import numpy as np
 
     for dtype in dtypes:
-        x = np.ones((1, 2, 3, 3), dtype)
+        x = np.ones((2, 2, 3, 3), dtype)
         w = np.ones((2, 1, 2, 2), dtype)
         geometry = ((2, 2), (1, 1), (1, 1), 2)
-        for parallel in (False, True):
-            y = direct.conv_transpose2d(x, w, np.ones(2, dtype), *geometry, (4, 4),
-                                        parallel=parallel)
-            direct.conv_transpose2d(x, w, None, *geometry, (4, 4), parallel=parallel)
-            direct.conv2d(y, w, *geometry, (3, 3), parallel=parallel)
-            direct.weight_correlation(x, y, *geometry, (2, 2), parallel=parallel)
+        for family in FAMILIES.values():
+            for parallel in (False, True):
+                y = family.conv_transpose2d(x, w, np.ones(2, dtype), *geometry, (4, 4),
+                                            parallel=parallel)
+                family.conv_transpose2d(x, w, None, *geometry, (4, 4), parallel=parallel)
+                family.conv2d(y, w, *geometry, (3, 3), parallel=parallel)
+                family.weight_correlation(x, y, *geometry, (2, 2), parallel=parallel)

@@ -8,7 +8,7 @@ the input reaches the output exactly as it does in PyTorch.
 (``NUMBA_CACHE_DIR`` relocates it, e.g. for a read-only site-packages).
 
 Every kernel comes as a serial function over a range of independent jobs plus a
-``prange`` driver over all jobs; :func:`launch` picks one per call.
+``prange`` driver over contiguous ranges of them; :func:`launch` picks one per call.
 """
 import os
 import threading
@@ -22,6 +22,8 @@ JIT = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 FLOAT_DTYPES = ("float32", "float64")
 # Below this many multiply-adds a parallel region costs more than it saves.
 PARALLEL_MIN_WORK = 1 << 16
+# prange splits the jobs into this many contiguous ranges per thread (load balance)
+CHUNKS_PER_THREAD = 4
 
 _forked_child = False
 _workqueue_lock = threading.Lock()
@@ -35,6 +37,11 @@ def _note_fork():
 os.register_at_fork(after_in_child=_note_fork)
 
 
+def forked_child():
+    """Whether this process was forked from another after this module loaded."""
+    return _forked_child
+
+
 def _threading_layer():
     """Numba's threading layer, or None before its first parallel launch."""
     try:
@@ -44,7 +51,7 @@ def _threading_layer():
 
 
 def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
-    """Run ``serial(*args, 0, n_jobs)`` or ``parallel(*args)``.
+    """Run ``serial(*args, 0, n_jobs)`` or ``parallel(*args, n_chunks)``.
 
     ``use_parallel=None`` decides: parallel only for enough work, more than one
     job and more than one thread, and never in a process forked from one whose
@@ -58,11 +65,13 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
                         and not (_forked_child and _threading_layer() == "omp"))
     if not use_parallel:
         serial(*args, 0, n_jobs)
-    elif _threading_layer() in (None, "workqueue"):
+        return
+    n_chunks = min(n_jobs, CHUNKS_PER_THREAD * numba.get_num_threads())
+    if _threading_layer() in (None, "workqueue"):
         with _workqueue_lock:
-            parallel(*args)
+            parallel(*args, n_chunks)
     else:
-        parallel(*args)
+        parallel(*args, n_chunks)
 
 
 @contextmanager

@@ -15,9 +15,10 @@ channels ``g * (C_out // groups) + c`` for ``c`` in ``range(C_out // groups)``:
 * ``conv2d`` (its adjoint in ``x``): ``x[n, ci, i] = sum_{co, k} y[n, co, o] * w[ci, c, k]``
 * ``weight_correlation`` (its adjoint in ``w``): ``w[ci, c, k] = sum_{n, i} x[n, ci, i] * y[n, co, o]``
 
-Each job owns one output plane (or one weight slice), so jobs run in parallel
-with no write conflicts and no reductions across threads: ``_*_jobs`` computes a
-range of jobs serially, ``_*_parallel`` spreads all jobs over ``prange``. Arrays are C-contiguous
+Each job owns one output row (or one weight slice), so jobs run in parallel
+with no write conflicts and no reductions across threads: ``_*_rows`` /
+``_*_slices`` compute a range of jobs serially, ``_*_parallel`` spreads all
+jobs over ``prange`` in ``n_chunks`` contiguous ranges. Arrays are C-contiguous
 float32 or float64, all of one dtype; sizes of ``H_out``/``W_out`` and
 ``H_in``/``W_in`` are taken from the arrays, so any output size works (taps that
 land outside it are dropped).
@@ -37,76 +38,93 @@ def _tap_range(offset, stride, n_in, n_out):
 
 
 @njit(**JIT)
-def _conv_transpose2d_jobs(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
+def _conv_transpose2d_rows(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
     c_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     c_out, h_out, w_out = y.shape[1], y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in range(job_lo, job_hi):  # job -> output plane y[n, co]
-        n = job // c_out
-        co = job % c_out
+    acc = np.empty((w_out + sw - 1) // sw, y.dtype)
+    for job in range(job_lo, job_hi):  # job -> output row y[n, co, oh]
+        oh = job % h_out
+        co = (job // h_out) % c_out
+        n = job // (h_out * c_out)
         g = co // c_out_g
         c = co % c_out_g
         b = bias[co] if bias.shape[0] > 0 else 0.0
-        for oh in range(h_out):
-            for ow in range(w_out):
-                y[n, co, oh, ow] = b
-        for ci in range(g * c_in_g, (g + 1) * c_in_g):
+        # Output phase rw holds columns ow = rw + sw * q; tap kw reaches it from input
+        # column iw = q + t when rw + pw - kw * dw = t * sw, so each tap adds a
+        # contiguous input run to a contiguous accumulator: no zeros multiplied.
+        for rw in range(min(sw, w_out)):
+            n_q = (w_out - rw + sw - 1) // sw
+            acc[:n_q] = 0.0
             for kh in range(k_h):
-                off_h = kh * dh - ph
-                ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+                num_h = oh + ph - kh * dh
+                ih = num_h // sh
+                if num_h % sh != 0 or ih < 0 or ih >= h_in:
+                    continue
                 for kw in range(k_w):
-                    off_w = kw * dw - pw
-                    iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
-                    wv = w[ci, c, kh, kw]
-                    for ih in range(ih_lo, ih_hi):
-                        oh = ih * sh + off_h
-                        for iw in range(iw_lo, iw_hi):
-                            y[n, co, oh, iw * sw + off_w] += wv * x[n, ci, ih, iw]
+                    num_w = rw + pw - kw * dw
+                    if num_w % sw != 0:
+                        continue
+                    t = num_w // sw
+                    q_lo, q_hi = max(0, -t), min(n_q, w_in - t)
+                    acc_run = acc[q_lo:q_hi]
+                    for ci in range(g * c_in_g, (g + 1) * c_in_g):
+                        wv = w[ci, c, kh, kw]
+                        # zero-based views: indices Numba can prove non-negative vectorise
+                        x_run = x[n, ci, ih, q_lo + t:q_hi + t]
+                        for j in range(q_hi - q_lo):
+                            acc_run[j] += wv * x_run[j]
+            for q in range(n_q):
+                y[n, co, oh, rw + sw * q] = acc[q] + b
 
 
 @njit(parallel=True, **JIT)
-def _conv_transpose2d_parallel(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups):
-    for job in prange(y.shape[0] * y.shape[1]):
-        _conv_transpose2d_jobs(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job, job + 1)
+def _conv_transpose2d_parallel(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, n_chunks):
+    n_jobs = y.shape[0] * y.shape[1] * y.shape[2]
+    for t in prange(n_chunks):
+        _conv_transpose2d_rows(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups,
+                               t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
 @njit(**JIT)
-def _conv2d_jobs(y, w, x, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
+def _conv2d_rows(y, w, x, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
     c_in, h_in, w_in = x.shape[1], x.shape[2], x.shape[3]
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
-    for job in range(job_lo, job_hi):  # job -> input plane x[n, ci]
-        n = job // c_in
-        ci = job % c_in
+    for job in range(job_lo, job_hi):  # job -> input row x[n, ci, ih]
+        ih = job % h_in
+        ci = (job // h_in) % c_in
+        n = job // (h_in * c_in)
         g = ci // c_in_g
-        for ih in range(h_in):
-            for iw in range(w_in):
-                x[n, ci, ih, iw] = 0.0
+        x[n, ci, ih, :] = 0.0
         for c in range(c_out_g):
             co = g * c_out_g + c
             for kh in range(k_h):
-                off_h = kh * dh - ph
-                ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+                oh = ih * sh + kh * dh - ph
+                if oh < 0 or oh >= h_out:
+                    continue
                 for kw in range(k_w):
-                    off_w = kw * dw - pw
-                    iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+                    off = kw * dw - pw
+                    iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
                     wv = w[ci, c, kh, kw]
-                    for ih in range(ih_lo, ih_hi):
-                        oh = ih * sh + off_h
-                        for iw in range(iw_lo, iw_hi):
-                            x[n, ci, ih, iw] += wv * y[n, co, oh, iw * sw + off_w]
+                    x_run = x[n, ci, ih, iw_lo:iw_hi]
+                    y_run = y[n, co, oh, iw_lo * sw + off::sw]
+                    for j in range(iw_hi - iw_lo):
+                        x_run[j] += wv * y_run[j]
 
 
 @njit(parallel=True, **JIT)
-def _conv2d_parallel(y, w, x, sh, sw, ph, pw, dh, dw, groups):
-    for job in prange(x.shape[0] * x.shape[1]):
-        _conv2d_jobs(y, w, x, sh, sw, ph, pw, dh, dw, groups, job, job + 1)
+def _conv2d_parallel(y, w, x, sh, sw, ph, pw, dh, dw, groups, n_chunks):
+    n_jobs = x.shape[0] * x.shape[1] * x.shape[2]
+    for t in prange(n_chunks):
+        _conv2d_rows(y, w, x, sh, sw, ph, pw, dh, dw, groups,
+                     t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
 @njit(**JIT)
-def _weight_correlation_jobs(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
+def _weight_correlation_slices(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
     n_batch, c_in, h_in, w_in = x.shape
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
@@ -124,16 +142,19 @@ def _weight_correlation_jobs(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, jo
                 acc = 0.0  # float64 accumulator: this sum runs over N * H_in * W_in terms
                 for n in range(n_batch):
                     for ih in range(ih_lo, ih_hi):
-                        oh = ih * sh + off_h
-                        for iw in range(iw_lo, iw_hi):
-                            acc += x[n, ci, ih, iw] * y[n, co, oh, iw * sw + off_w]
+                        x_run = x[n, ci, ih, iw_lo:iw_hi]
+                        y_run = y[n, co, ih * sh + off_h, iw_lo * sw + off_w::sw]
+                        for j in range(iw_hi - iw_lo):
+                            acc += x_run[j] * y_run[j]
                 w[ci, c, kh, kw] = acc
 
 
 @njit(parallel=True, **JIT)
-def _weight_correlation_parallel(x, y, w, sh, sw, ph, pw, dh, dw, groups):
-    for job in prange(w.shape[0] * w.shape[1]):
-        _weight_correlation_jobs(x, y, w, sh, sw, ph, pw, dh, dw, groups, job, job + 1)
+def _weight_correlation_parallel(x, y, w, sh, sw, ph, pw, dh, dw, groups, n_chunks):
+    n_jobs = w.shape[0] * w.shape[1]
+    for t in prange(n_chunks):
+        _weight_correlation_slices(x, y, w, sh, sw, ph, pw, dh, dw, groups,
+                                   t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
 def _check(name, *arrays):
@@ -174,9 +195,9 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     _check("conv_transpose2d", x, w, bias)
     y = _output("conv_transpose2d", out, (x.shape[0], w.shape[1] * groups) + tuple(out_hw),
                 x.dtype)
-    launch(_conv_transpose2d_jobs, _conv_transpose2d_parallel,
+    launch(_conv_transpose2d_rows, _conv_transpose2d_parallel,
            (x, w, bias, y, *stride, *padding, *dilation, groups),
-           y.shape[0] * y.shape[1], _work(x, w), parallel)
+           y.shape[0] * y.shape[1] * y.shape[2], _work(x, w), parallel)
     return y
 
 
@@ -185,8 +206,8 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     adjoint of ``conv_transpose2d`` in its input (so its input gradient)."""
     _check("conv2d", y, w)
     x = _output("conv2d", out, (y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
-    launch(_conv2d_jobs, _conv2d_parallel, (y, w, x, *stride, *padding, *dilation, groups),
-           x.shape[0] * x.shape[1], _work(x, w), parallel)
+    launch(_conv2d_rows, _conv2d_parallel, (y, w, x, *stride, *padding, *dilation, groups),
+           x.shape[0] * x.shape[1] * x.shape[2], _work(x, w), parallel)
     return x
 
 
@@ -198,7 +219,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     _check("weight_correlation", x, y)
     w = _output("weight_correlation", out,
                 (x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)
-    launch(_weight_correlation_jobs, _weight_correlation_parallel,
+    launch(_weight_correlation_slices, _weight_correlation_parallel,
            (x, y, w, *stride, *padding, *dilation, groups),
            w.shape[0] * w.shape[1], _work(x, w), parallel)
     return w

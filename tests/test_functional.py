@@ -64,10 +64,12 @@ def _check_forward_backward(x, weight, b, kw, dtype):
         assert_close(got, want, dtype, scale=bound.abs().max().item())
 
 
+@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("name", CASES)
-def test_cases(name, bias, dtype):
-    _check_forward_backward(*_case_tensors(CASES[name], dtype, bias), dtype)
+def test_cases(name, bias, family, dtype):
+    with fastconvt.use_family(family):
+        _check_forward_backward(*_case_tensors(CASES[name], dtype, bias), dtype)
 
 
 @pytest.mark.parametrize("name", ["groups", "non-square", "dilated-op"])
@@ -153,7 +155,17 @@ def problems(draw):
     return x, weight, draw(st.sampled_from([b, None])), kw, dtype
 
 
+@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
 @settings(max_examples=300, deadline=None)
-@given(problems())
-def test_sweep(problem):
+@given(problem=problems())
+def test_sweep(family, problem):
+    """Every kernel family, forced, over the whole argument space."""
+    with fastconvt.use_family(family):
+        _check_forward_backward(*problem)
+
+
+@settings(max_examples=100, deadline=None)
+@given(problem=problems())
+def test_sweep_dispatched(problem):
+    """Whatever the dispatcher picks."""
     _check_forward_backward(*problem)

@@ -30,27 +30,32 @@ def _inputs(case):
     return tensors, dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d)
 
 
+@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
 @pytest.mark.parametrize("name", CASES)
-def test_gradcheck(name):
+def test_gradcheck(name, family):
     (x, w, b), kw = _inputs(CASES[name])
     f = lambda x, w, b: fastconvt.conv_transpose2d(x, w, b, **kw)  # noqa: E731
-    assert gradcheck(f, (x, w, b))
-    assert gradgradcheck(f, (x, w, b))
+    with fastconvt.use_family(family):
+        assert gradcheck(f, (x, w, b))
+        assert gradgradcheck(f, (x, w, b))
 
 
-def test_gradcheck_channels_last_1x1_output_padding():
+@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
+def test_gradcheck_channels_last_1x1_output_padding(family):
     """The configuration whose float32 backward corrupts torch's heap."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 3, 2, generator=g, dtype=torch.float64)
     x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
     w = torch.randn(3, 1, 1, 1, generator=g, dtype=torch.float64, requires_grad=True)
     f = lambda x, w: fastconvt.conv_transpose2d(x, w, stride=4, output_padding=3)  # noqa: E731
-    assert gradcheck(f, (x, w))
-    assert gradgradcheck(f, (x, w))
+    with fastconvt.use_family(family):
+        assert gradcheck(f, (x, w))
+        assert gradgradcheck(f, (x, w))
 
 
+@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
 @pytest.mark.parametrize("name", ["plain", "groups", "dilation-op"])
-def test_each_map_gradgradcheck(name):
+def test_each_map_gradgradcheck(name, family):
     """Each linear map on its own: convolution and weight correlation too."""
     (x, w, _), kw = _inputs(CASES[name])
     geometry = tuple((v, v) if isinstance(v, int) else v
@@ -64,6 +69,7 @@ def test_each_map_gradgradcheck(name):
         "weight_correlation": (lambda x, y: WeightCorrelationFunction.apply(x, y, geometry, hw_k),
                                (x, y)),
     }
-    for f, args in maps.values():
-        assert gradcheck(f, args)
-        assert gradgradcheck(f, args)
+    with fastconvt.use_family(family):
+        for f, args in maps.values():
+            assert gradcheck(f, args)
+            assert gradgradcheck(f, args)

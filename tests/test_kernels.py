@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from fastconvt import kernels
 
-FAMILIES = {"direct": kernels.direct}
+FAMILIES = kernels.FAMILIES
 RTOL = {np.float32: 1e-4, np.float64: 1e-10}
 
 
@@ -107,3 +107,21 @@ def test_family_rejects_bad_arrays(family):
         k.conv_transpose2d(x[..., ::2], w.astype(np.float32), None, *geometry, (3, 2))
     with pytest.raises(TypeError, match="dtype"):
         k.conv2d(x.astype(np.int64), w.astype(np.int64), *geometry, (3, 3))
+
+
+@settings(max_examples=60, deadline=None)
+@given(problem=geometries())
+def test_gemm_batch_chunks(problem):
+    """A workspace too small for two images processes them one chunk at a time."""
+    geometry, shapes, dtype = problem
+    x, w, y, b = _arrays(geometry, shapes, dtype)
+    g = kernels.gemm
+    assert g.batch_chunk(x.shape[0], x.shape[1], w.shape[1], shapes["kernel"], shapes["size"],
+                         x.itemsize, workspace_bytes=1) == 1
+    for name, args, size in [("conv_transpose2d", (x, w, b), shapes["out_hw"]),
+                             ("conv2d", (y, w), shapes["size"]),
+                             ("weight_correlation", (x, y), shapes["kernel"])]:
+        whole = getattr(g, name)(*args, *geometry, size)
+        chunked = getattr(g, name)(*args, *geometry, size, workspace_bytes=1)
+        bound = np.abs(whole).max() if whole.size else 0.0
+        _close(chunked, whole.astype(np.float64), dtype, bound * 10)

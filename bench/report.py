@@ -1,0 +1,219 @@
+"""The benchmark's report, from pytest-benchmark's JSON: one table per dtype and mode
+(plain text and Markdown), geometric-mean speed-ups, and a bar chart of speed-ups.
+
+Speed-up is torch's median time over fastconvt's, both measured in the same process;
+GFLOP/s counts useful multiply-adds only (``layers.flops``) and "% peak" relates them
+to a large torch.matmul of the same dtype measured in the same run (its best round).
+"""
+import json
+import math
+import textwrap
+from pathlib import Path
+
+from .layers import LAYERS, MODES, flops
+
+DTYPES = ("float32", "float64")
+CASES = [(dtype, mode) for dtype in DTYPES for mode in MODES]  # table order
+COLUMNS = ["layer", "torch ms", "fastconvt ms", "speed-up", "GFLOP/s", "% peak", "family",
+           "ORT ms"]
+
+
+def load(path):
+    return json.loads(Path(path).read_text())
+
+
+def summarize(results):
+    """Rows per (dtype, mode), peaks, geometric means and the cases below 1.0x."""
+    median, family, peak, peak_shape = {}, {}, {}, None
+    for bench in results["benchmarks"]:
+        info, seconds = bench["extra_info"], bench["stats"]["median"]
+        if info.get("impl") == "torch.matmul":
+            peak[info["dtype"]] = info["flops"] / bench["stats"]["min"] / 1e9  # best round
+            peak_shape = "{0}x{1} @ {1}x{2}".format(*info["shape"])
+            continue
+        key = (info["layer"], info["mode"], info["dtype"])
+        median[key + (info["impl"],)] = seconds
+        if info["impl"] == "fastconvt":
+            family[key] = info.get("family") or "-"
+    tables, geomeans, slower = {}, {}, []
+    for dtype, mode in CASES:
+        rows, ratios = [], []
+        for name, layer in LAYERS.items():
+            key = (name, mode, dtype)
+            torch_s, ours_s, ort_s = (median.get(key + (impl,))
+                                      for impl in ("torch", "fastconvt", "onnxruntime"))
+            if torch_s is None and ours_s is None:
+                continue
+            row = dict(layer=name, torch=torch_s, fastconvt=ours_s, onnxruntime=ort_s,
+                       family=family.get(key, "-"), speedup=None, gflops=None, peak=None)
+            if ours_s:
+                row["gflops"] = flops(layer, mode) / ours_s / 1e9
+                if dtype in peak:
+                    row["peak"] = 100 * row["gflops"] / peak[dtype]
+            if torch_s and ours_s:
+                row["speedup"] = torch_s / ours_s
+                ratios.append(row["speedup"])
+                if row["speedup"] < 1.0:
+                    slower.append((name, dtype, mode, row["speedup"]))
+            rows.append(row)
+        if rows:
+            tables[dtype, mode] = rows
+        if ratios:
+            geomeans[dtype, mode] = math.exp(sum(map(math.log, ratios)) / len(ratios))
+    return dict(tables=tables, peak=peak, peak_shape=peak_shape, geomeans=geomeans,
+                slower=slower)
+
+
+def _cells(row, with_ort):
+    def ms(seconds):
+        return "-" if seconds is None else f"{seconds * 1e3:.3f}" if seconds < 0.1 \
+            else f"{seconds * 1e3:.1f}"
+
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    cells = [row["layer"], ms(row["torch"]), ms(row["fastconvt"]),
+             "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+             num(row["gflops"], ".2f" if (row["gflops"] or 0) < 10 else ".1f"),
+             num(row["peak"], ".1f"), row["family"]]
+    return cells + [ms(row["onnxruntime"])] if with_ort else cells
+
+
+def _preamble(results, summary):
+    info = results.get("machine_info", {}).get("fastconvt_bench", {})
+    lines = [f"CPU: {info.get('cpu_model', '?')}; {info.get('threads', '?')} threads; "
+             f"torch {info.get('torch', '?')}, numba {info.get('numba', '?')} "
+             f"(threading layer {info.get('numba_threading_layer', '?')}), "
+             f"onnxruntime {info.get('onnxruntime', '?')}"]
+    if info.get("forced_family"):
+        lines.append(f"fastconvt kernel family forced to {info['forced_family']!r} (--family)")
+    peak = summary["peak"]
+    if peak:
+        lines.append(f"Reference peak (torch.matmul {summary['peak_shape']}, best round): "
+                     + ", ".join(f"{dtype} {value:.1f} GFLOP/s" for dtype, value in peak.items()))
+    compile_s = results.get("fastconvt_compile_seconds")
+    if compile_s:
+        def fmt(value):
+            return f"{value:.2f} s" if isinstance(value, (int, float)) else str(value)
+        lines.append("JIT compile, fastconvt.warmup() in a fresh process: "
+                     f"{fmt(compile_s.get('no_cache'))} without cache (FASTCONVT_NO_CACHE=1), "
+                     f"{fmt(compile_s.get('cached'))} from Numba's on-disk cache")
+    return lines
+
+
+def _epilogue(results, summary):
+    lines = [f"geometric mean speed-up, {dtype} {mode}: {value:.2f}x"
+             for (dtype, mode), value in summary["geomeans"].items()]
+    by_layer = {}
+    order = list(LAYERS)
+    for name, dtype, mode, speedup in sorted(summary["slower"], key=lambda s: order.index(s[0])):
+        by_layer.setdefault(name, []).append(f"{dtype} {mode} {speedup:.2f}x")
+    lines.append("below 1.0x: " + ("; ".join(f"{name} ({', '.join(cases)})"
+                                            for name, cases in by_layer.items()) or "none"))
+    skipped = results.get("machine_info", {}).get("fastconvt_bench", {}).get("onnx_skipped")
+    reasons = {}
+    for name, reason in (skipped or {}).items():
+        reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+        which = "any layer" if len(names) == len(LAYERS) else ", ".join(names)
+        lines.append(f"ONNX Runtime not measured for {which}: {reason}")
+    return lines
+
+
+def _with_ort(rows):
+    return any(row["onnxruntime"] is not None for row in rows)
+
+
+def text(results, summary):
+    """The report as plain text (what ``python -m bench`` prints)."""
+    out = _preamble(results, summary)
+    for (dtype, mode), rows in summary["tables"].items():
+        with_ort = _with_ort(rows)
+        header = COLUMNS if with_ort else COLUMNS[:-1]
+        body = [_cells(row, with_ort) for row in rows]
+        widths = [max(len(line[i]) for line in [header] + body) for i in range(len(header))]
+        out += ["", f"{dtype}, {mode}"]
+        for line in [header] + body:
+            out.append("  ".join(cell.ljust(width) if i in (0, 6) else cell.rjust(width)
+                                 for i, (cell, width) in enumerate(zip(line, widths))).rstrip())
+    out.append("")
+    for line in _epilogue(results, summary):
+        out += textwrap.wrap(line, 100, subsequent_indent="    ", break_on_hyphens=False)
+    return "\n".join(out)
+
+
+def markdown(results, summary):
+    """The report as Markdown (bench/results/latest.md)."""
+    out = ["# fastconvt benchmark", ""] + [f"- {line}" for line in _preamble(results, summary)]
+    out += ["- speed-up: torch's median time / fastconvt's; GFLOP/s: useful multiply-adds x 2 "
+            "(forward+backward: 3x a forward); % peak: of the matmul above; family: "
+            "fastconvt's kernel family; ORT: ONNX Runtime"]
+    for (dtype, mode), rows in summary["tables"].items():
+        with_ort = _with_ort(rows)
+        header = COLUMNS if with_ort else COLUMNS[:-1]
+        out += ["", f"## {dtype}, {mode}", "", "| " + " | ".join(header) + " |",
+                "|" + "|".join([":---"] + ["---:"] * 5 + [":---"] + ["---:"] * with_ort) + "|"]
+        out += ["| " + " | ".join(_cells(row, with_ort)) + " |" for row in rows]
+    out += [""] + [f"- {line}" for line in _epilogue(results, summary)]
+    return "\n".join(out) + "\n"
+
+
+def plot(results, summary, path):
+    """A grouped bar chart of speed-ups per layer (one bar per dtype and mode), log y."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    layers = [name for name in LAYERS
+              if any(row["layer"] == name and row["speedup"]
+                     for rows in summary["tables"].values() for row in rows)]
+    if not layers:
+        return False
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(layers) + 3), 6.5))
+    width = 0.8 / len(CASES)
+    for i, (dtype, mode) in enumerate(CASES):
+        speedup = {row["layer"]: row["speedup"]
+                   for row in summary["tables"].get((dtype, mode), [])}
+        values = [speedup.get(name) or math.nan for name in layers]
+        geomean = summary["geomeans"].get((dtype, mode))
+        label = f"{dtype} {mode}" + (f" (geomean {geomean:.2f}x)" if geomean else "")
+        ax.bar([x + (i - (len(CASES) - 1) / 2) * width for x in range(len(layers))], values,
+               width, label=label)
+    ax.axhline(1.0, color="black", linewidth=1, linestyle="--")
+    ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    low, high = min(low, 0.8), max(high, 1.25)  # keep the 1.0x line in view
+    ax.set_ylim(low, high)
+    ticks = FuncFormatter(lambda value, _: f"{value:g}x")
+    ax.yaxis.set_major_formatter(ticks)
+    if high / low < 30:  # label the 2x, 3x, ... ticks too unless they would crowd
+        ax.yaxis.set_minor_formatter(ticks)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
+    ax.set_ylabel("speed-up over torch (torch time / fastconvt time)")
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(layers, rotation=40, ha="right", fontsize=8)
+    info = results.get("machine_info", {}).get("fastconvt_bench", {})
+    ax.set_title(f"fastconvt vs torch {info.get('torch', '')}, {info.get('threads', '?')} "
+                 f"threads, {info.get('cpu_model', '')}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write(json_path, out_dir):
+    """Write latest.md and speedups.png next to the JSON; return the text report."""
+    results = load(json_path)
+    summary = summarize(results)
+    out_dir = Path(out_dir)
+    (out_dir / "latest.md").write_text(markdown(results, summary))
+    report = text(results, summary)
+    try:
+        if plot(results, summary, out_dir / "speedups.png"):
+            report += f"\nchart: {out_dir / 'speedups.png'}"
+    except ImportError as error:
+        report += f"\nno chart ({error})"
+    return report

@@ -1,0 +1,131 @@
+"""Which kernel family computes a map: a rule, a per-configuration cache, an
+optional autotuner (``set_autotune``) and a way to force one (``use_family``).
+
+A configuration is (map, dtype, operand shapes, output shape, geometry, threads);
+the three maps of one layer are chosen independently.
+"""
+import contextvars
+import time
+from contextlib import contextmanager
+
+import torch
+
+from . import kernels
+
+FAMILIES = tuple(kernels.FAMILIES)
+_forced = contextvars.ContextVar("fastconvt_forced_family", default=None)
+_autotune = False
+_choices = {}
+
+
+def torch_gemm(a, b, out, accumulate):
+    """``out = a @ b`` (or ``+=``) on NumPy arrays with torch's BLAS, which runs
+    on torch's own thread pool: no second BLAS pool competes for the cores."""
+    a, b, out = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
+    if accumulate:
+        out.addmm_(a, b)
+    else:
+        torch.mm(a, b, out=out)
+
+
+_EXTRA = {"direct": {}, "gemm": {"gemm": torch_gemm}}
+
+
+def set_autotune(enabled):
+    """Like ``torch.backends.cudnn.benchmark``: when on, the first call of each new
+    configuration times every kernel family and remembers the fastest."""
+    global _autotune
+    _autotune = bool(enabled)
+    _choices.clear()
+
+
+@contextmanager
+def use_family(name):
+    """Force kernel family ``name`` (``"direct"`` or ``"gemm"``) inside the block."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown kernel family {name!r}; expected one of {FAMILIES}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def rule(x_shape, w_shape, groups, itemsize, out_bytes):
+    """The family the rule picks for a layer with input ``x_shape`` and weight
+    ``w_shape`` (any of its three maps; ``out_bytes`` is that map's output size).
+
+    GEMM pays off when its products are large in every dimension (input channels
+    per group, output taps ``C_out_g * kH * kW``) and its workspace for one image
+    fits the budget; otherwise the direct kernels, which need no column buffer.
+    """
+    c_in_g = w_shape[0] // groups
+    taps = w_shape[1] * w_shape[2] * w_shape[3]
+    per_image = (w_shape[0] + taps) * x_shape[2] * x_shape[3] * itemsize
+    fits = per_image <= max(kernels.gemm.DEFAULT_WORKSPACE_BYTES, out_bytes)
+    return "gemm" if fits and c_in_g >= 8 and taps >= 8 else "direct"
+
+
+def _layer_shapes(map_name, operand_shapes, out_shape):
+    """(input shape, weight shape) of the layer a map belongs to."""
+    if map_name == "conv_transpose2d":
+        return operand_shapes[0], operand_shapes[1]
+    if map_name == "conv2d":
+        return out_shape, operand_shapes[1]
+    return operand_shapes[0], out_shape
+
+
+def _key(map_name, operand_shapes, dtype, geometry, size):
+    # the bias (a third operand) does not change the choice
+    return (map_name, dtype, operand_shapes[:2], geometry, size, torch.get_num_threads())
+
+
+def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
+    """The family that computes this configuration: the forced one, the one tuned
+    or chosen before, else the rule's (which is then remembered)."""
+    name = _forced.get()
+    if name is None and kernels._config.forked_child():
+        # a forked child cannot use torch's thread pool (torch hangs there); the
+        # direct kernels need nothing but Numba, run serially in such a child
+        name = "direct"
+    if name is not None:
+        return name
+    key = _key(map_name, operand_shapes, dtype, geometry, size)
+    if key not in _choices:
+        out_bytes = dtype.itemsize
+        for n in out_shape:
+            out_bytes *= n
+        _choices[key] = rule(*_layer_shapes(map_name, operand_shapes, out_shape), geometry[3],
+                             dtype.itemsize, out_bytes)
+    return _choices[key]
+
+
+def run(map_name, operands, geometry, size, out):
+    """``kernels.<family>.<map_name>(*operands, *geometry, size, out=out)`` with the
+    chosen family (NumPy arrays; ``geometry`` is (stride, padding, dilation, groups)).
+    Returns the family's name."""
+    shapes = tuple(None if a is None else a.shape for a in operands)
+    if _autotune and _forced.get() is None and not kernels._config.forked_child():
+        key = _key(map_name, shapes, out.dtype, geometry, size)
+        if key not in _choices:
+            _choices[key] = _tune(map_name, operands, geometry, size, out)
+    name = family(map_name, shapes, out.dtype, geometry, size, out.shape)
+    _call(name, map_name, operands, geometry, size, out)
+    return name
+
+
+def _call(name, map_name, operands, geometry, size, out):
+    compute = getattr(kernels.FAMILIES[name], map_name)
+    compute(*operands, *geometry, size, out=out, **_EXTRA[name])
+
+
+def _tune(map_name, operands, geometry, size, out, repeats=2):
+    """Time every family on the real operands; the output is recomputed by the winner."""
+    times = {}
+    for name in FAMILIES:
+        _call(name, map_name, operands, geometry, size, out)  # compile and warm up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            _call(name, map_name, operands, geometry, size, out)
+        times[name] = time.perf_counter() - start
+    return min(times, key=times.get)

@@ -1,0 +1,261 @@
+"""GEMM kernels: each map as one large matrix product per group and batch chunk,
+plus Numba gathers/scatters between image and column layouts.
+
+With ``kk = kH * kW``, group ``g``'s weight is the matrix
+``W_g = w[g*C_in_g:(g+1)*C_in_g].reshape(C_in_g, C_out_g * kk)`` and a batch chunk
+of ``nc`` images is ``X_g`` of shape ``(C_in_g, nc * H_in * W_in)`` (channels
+first, batch folded into the columns, built by :func:`_to_channels_first`). The
+column matrix ``cols`` has rows ``(c, kh, kw)`` and columns ``(n, ih, iw)``:
+
+* ``conv_transpose2d``: ``cols = W_g.T @ X_g``, then ``_col2im`` adds each
+  ``cols[(c, kh, kw), (n, ih, iw)]`` into ``y[n, co, ih*sh - ph + kh*dh, iw*sw - pw + kw*dw]``.
+* ``conv2d``: ``_im2col`` gathers ``cols`` from ``y`` (zero off the image), then
+  ``X_g = W_g @ cols``.
+* ``weight_correlation``: ``_im2col`` as above, then ``W_g += X_g @ cols.T`` over chunks.
+
+Matrix products go through ``gemm(a, b, out, accumulate)`` (``out = a @ b`` or
+``out += a @ b``); the default uses NumPy's BLAS, and callers may pass another
+(fastconvt passes torch's, which shares torch's thread pool). The batch is
+processed in chunks so that the workspace (``X_g`` and ``cols``) stays within
+``workspace_bytes``.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._config import JIT, launch
+from .direct import _check, _output
+
+DEFAULT_WORKSPACE_BYTES = 64 << 20
+
+
+def numpy_gemm(a, b, out, accumulate):
+    """``out = a @ b`` or ``out += a @ b`` with NumPy's BLAS."""
+    if accumulate:
+        out += a @ b
+    else:
+        np.matmul(a, b, out=out)
+
+
+# a copy of direct._tap_range: Numba's on-disk cache does not see edits to njit
+# functions in other modules, so kernels that call each other share a module
+@njit(inline="always", **JIT)
+def _tap_range(offset, stride, n_in, n_out):
+    """Input indices ``i`` in ``[lo, hi)`` with ``0 <= i * stride + offset < n_out``."""
+    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
+    hi = min(n_in, (n_out - 1 - offset) // stride + 1)
+    return lo, max(lo, hi)
+
+
+@njit(**JIT)
+def _to_channels_first_jobs(x, n0, xt, job_lo, job_hi):
+    """``xt[ci, n * HW + p] = x[n0 + n, ci].ravel()[p]``; job -> (n, ci)."""
+    c_in, hw = x.shape[1], x.shape[2] * x.shape[3]
+    for job in range(job_lo, job_hi):
+        n, ci = job // c_in, job % c_in
+        src = x[n0 + n, ci].ravel()
+        dst = xt[ci, n * hw:(n + 1) * hw]
+        for p in range(hw):
+            dst[p] = src[p]
+
+
+@njit(parallel=True, **JIT)
+def _to_channels_first_parallel(x, n0, xt, n_chunks):
+    n_jobs = (xt.shape[1] // (x.shape[2] * x.shape[3])) * x.shape[1]
+    for t in prange(n_chunks):
+        _to_channels_first_jobs(x, n0, xt, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+@njit(**JIT)
+def _from_channels_first_jobs(xt, n0, x, job_lo, job_hi):
+    """The inverse of ``_to_channels_first``: ``x[n0 + n, ci]`` from ``xt``."""
+    c_in, hw = x.shape[1], x.shape[2] * x.shape[3]
+    for job in range(job_lo, job_hi):
+        n, ci = job // c_in, job % c_in
+        src = xt[ci, n * hw:(n + 1) * hw]
+        dst = x[n0 + n, ci].ravel()
+        for p in range(hw):
+            dst[p] = src[p]
+
+
+@njit(parallel=True, **JIT)
+def _from_channels_first_parallel(xt, n0, x, n_chunks):
+    n_jobs = (xt.shape[1] // (x.shape[2] * x.shape[3])) * x.shape[1]
+    for t in prange(n_chunks):
+        _from_channels_first_jobs(xt, n0, x, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+@njit(**JIT)
+def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+                 job_lo, job_hi):
+    """Scatter-add ``cols`` into planes ``y[n0 + n, co0 + c]`` (plus bias); job -> (n, c)."""
+    h_out, w_out = y.shape[2], y.shape[3]
+    c_out_g = cols.shape[0] // (k_h * k_w)
+    hw = h_in * w_in
+    for job in range(job_lo, job_hi):
+        n, c = job // c_out_g, job % c_out_g
+        co = co0 + c
+        plane = y[n0 + n, co]
+        plane[:, :] = bias[co] if bias.shape[0] > 0 else 0.0
+        for kh in range(k_h):
+            off_h = kh * dh - ph
+            ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+            for kw in range(k_w):
+                off_w = kw * dw - pw
+                iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+                row = cols[(c * k_h + kh) * k_w + kw, n * hw:(n + 1) * hw]
+                for ih in range(ih_lo, ih_hi):
+                    src = row[ih * w_in + iw_lo:ih * w_in + iw_hi]
+                    dst = plane[ih * sh + off_h, iw_lo * sw + off_w::sw]
+                    for j in range(iw_hi - iw_lo):
+                        dst[j] += src[j]
+
+
+@njit(parallel=True, **JIT)
+def _col2im_parallel(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+                     n_chunks):
+    n_jobs = (cols.shape[1] // (h_in * w_in)) * (cols.shape[0] // (k_h * k_w))
+    for t in prange(n_chunks):
+        _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+                     t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+@njit(**JIT)
+def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+                 job_lo, job_hi):
+    """``cols[(c, kh, kw), (n, ih, iw)] = y[n0 + n, co0 + c, oh, ow]`` (0 off the
+    image), ``oh = ih*sh - ph + kh*dh``; job -> row ``(c, kh, kw)``."""
+    h_out, w_out = y.shape[2], y.shape[3]
+    hw = h_in * w_in
+    n_batch = cols.shape[1] // hw
+    for job in range(job_lo, job_hi):
+        kw = job % k_w
+        kh = (job // k_w) % k_h
+        co = co0 + job // (k_h * k_w)
+        off_h, off_w = kh * dh - ph, kw * dw - pw
+        ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+        iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+        row = cols[job]
+        row[:] = 0.0
+        for n in range(n_batch):
+            for ih in range(ih_lo, ih_hi):
+                dst = row[n * hw + ih * w_in + iw_lo:n * hw + ih * w_in + iw_hi]
+                src = y[n0 + n, co, ih * sh + off_h, iw_lo * sw + off_w::sw]
+                for j in range(iw_hi - iw_lo):
+                    dst[j] = src[j]
+
+
+@njit(parallel=True, **JIT)
+def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+                     n_chunks):
+    n_jobs = cols.shape[0]
+    for t in prange(n_chunks):
+        _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+                     t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+def batch_chunk(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes=None):
+    """Images per chunk so that ``X_g`` and ``cols`` fit ``workspace_bytes``
+    (at least 1: a single image may exceed it)."""
+    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    per_image = (c_in + c_out_g * kernel_hw[0] * kernel_hw[1]) * in_hw[0] * in_hw[1] * itemsize
+    return max(1, min(n_batch, budget // max(per_image, 1)))
+
+
+class _Chunks:
+    """Batch chunks with their channels-first input and column workspaces."""
+
+    def __init__(self, n_batch, c_in, c_out_g, kernel_hw, in_hw, dtype, workspace_bytes):
+        self.hw = in_hw[0] * in_hw[1]
+        self.rows = c_out_g * kernel_hw[0] * kernel_hw[1]
+        self.size = batch_chunk(n_batch, c_in, c_out_g, kernel_hw, in_hw,
+                                np.dtype(dtype).itemsize, workspace_bytes)
+        self.n_batch, self.c_in = n_batch, c_in
+        self._xt = np.empty(c_in * self.size * self.hw, dtype)
+        self._cols = np.empty(self.rows * self.size * self.hw, dtype)
+
+    def __iter__(self):
+        for n0 in range(0, self.n_batch, self.size):
+            nc = min(self.size, self.n_batch - n0)
+            yield (n0, nc, self._xt[:self.c_in * nc * self.hw].reshape(self.c_in, nc * self.hw),
+                   self._cols[:self.rows * nc * self.hw].reshape(self.rows, nc * self.hw))
+
+
+def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
+                     parallel=None, gemm=numpy_gemm, workspace_bytes=None):
+    """Transposed convolution ``(N, C_in, H_in, W_in) -> (N, C_out, *out_hw)``; the
+    arguments and result of :func:`fastconvt.kernels.direct.conv_transpose2d`."""
+    bias = np.empty(0, x.dtype) if bias is None else bias
+    _check("conv_transpose2d", x, w, bias)
+    n_batch, c_in, h_in, w_in = x.shape
+    c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
+    y = _output("conv_transpose2d", out, (n_batch, c_out_g * groups) + tuple(out_hw), x.dtype)
+    chunks = _Chunks(n_batch, c_in, c_out_g, (k_h, k_w), (h_in, w_in), x.dtype, workspace_bytes)
+    geometry = (*stride, *padding, *dilation, k_h, k_w)
+    for n0, nc, xt, cols in chunks:
+        if nc == 1:  # one image is already channels-first
+            xt = x[n0].reshape(c_in, h_in * w_in)
+        else:
+            launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
+                   nc * c_in, xt.size, parallel)
+        for g in range(groups):
+            w_g = w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, chunks.rows)
+            gemm(w_g.T, xt[g * c_in_g:(g + 1) * c_in_g], cols, False)
+            launch(_col2im_jobs, _col2im_parallel,
+                   (cols, bias, y, n0, g * c_out_g, h_in, w_in, *geometry),
+                   nc * c_out_g, cols.size, parallel)
+    return y
+
+
+def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=None,
+           gemm=numpy_gemm, workspace_bytes=None):
+    """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``; the
+    arguments and result of :func:`fastconvt.kernels.direct.conv2d`."""
+    _check("conv2d", y, w)
+    n_batch = y.shape[0]
+    c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
+    c_in_g = c_in // groups
+    x = _output("conv2d", out, (n_batch, c_in) + tuple(in_hw), y.dtype)
+    chunks = _Chunks(n_batch, c_in, c_out_g, (k_h, k_w), tuple(in_hw), y.dtype, workspace_bytes)
+    geometry = (*stride, *padding, *dilation, k_h, k_w)
+    for n0, nc, xt, cols in chunks:
+        if nc == 1:  # write straight into the channels-first image
+            xt = x[n0].reshape(c_in, chunks.hw)
+        for g in range(groups):
+            launch(_im2col_jobs, _im2col_parallel,
+                   (y, cols, n0, g * c_out_g, *in_hw, *geometry), chunks.rows, cols.size,
+                   parallel)
+            w_g = w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, chunks.rows)
+            gemm(w_g, cols, xt[g * c_in_g:(g + 1) * c_in_g], False)
+        if nc > 1:
+            launch(_from_channels_first_jobs, _from_channels_first_parallel, (xt, n0, x),
+                   nc * c_in, xt.size, parallel)
+    return x
+
+
+def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=None,
+                       parallel=None, gemm=numpy_gemm, workspace_bytes=None):
+    """Weight correlation giving ``(C_in, C_out // groups, *kernel_hw)``; the
+    arguments and result of :func:`fastconvt.kernels.direct.weight_correlation`."""
+    _check("weight_correlation", x, y)
+    n_batch, c_in, h_in, w_in = x.shape
+    c_in_g, c_out_g = c_in // groups, y.shape[1] // groups
+    k_h, k_w = kernel_hw
+    w = _output("weight_correlation", out, (c_in, c_out_g, k_h, k_w), x.dtype)
+    if n_batch == 0:
+        w[...] = 0.0
+        return w
+    chunks = _Chunks(n_batch, c_in, c_out_g, (k_h, k_w), (h_in, w_in), x.dtype, workspace_bytes)
+    geometry = (*stride, *padding, *dilation, k_h, k_w)
+    for n0, nc, xt, cols in chunks:
+        if nc == 1:
+            xt = x[n0].reshape(c_in, h_in * w_in)
+        else:
+            launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
+                   nc * c_in, xt.size, parallel)
+        for g in range(groups):
+            launch(_im2col_jobs, _im2col_parallel,
+                   (y, cols, n0, g * c_out_g, h_in, w_in, *geometry), chunks.rows, cols.size,
+                   parallel)
+            w_g = w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, chunks.rows)
+            gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, w_g, n0 > 0)
+    return w
