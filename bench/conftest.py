@@ -23,8 +23,16 @@ def pytest_configure(config):
     # Free-form facts the tests learn (e.g. why ONNX Runtime was skipped),
     # written into the JSON's machine_info at the end.
     config.stash[_NOTES] = {"onnx_skipped": {}}
-    if config.getoption("family") and getattr(fastconvt, "use_family", None) is None:
-        raise pytest.UsageError("--family: this fastconvt has no use_family()")
+    name = config.getoption("family")
+    if name:
+        use_family = getattr(fastconvt, "use_family", None)
+        if use_family is None:
+            raise pytest.UsageError("--family: this fastconvt has no use_family()")
+        try:
+            with use_family(name):
+                pass
+        except Exception as error:  # noqa: BLE001 - e.g. an unknown family name
+            raise pytest.UsageError(f"--family {name}: {error}") from None
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -105,7 +105,7 @@ def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, i
         _time(benchmark, pytestconfig, step)
 
 
-def _onnx_session(layer, module, x):
+def _onnx_session(module, x):
     """An ONNX Runtime session running ``module`` exported to ONNX (in memory)."""
     import onnxruntime
 
@@ -139,7 +139,7 @@ def test_onnxruntime(benchmark, pytestconfig, notes, layer):
     module = torch.nn.ConvTranspose2d(**spec.conv_args()).eval()
     x = torch.randn(spec.input_shape)
     try:
-        session = _onnx_session(spec, module, x)
+        session = _onnx_session(module, x)
         feed = {"x": x.numpy()}
         with torch.no_grad():
             expected = module(x).numpy()

@@ -1,5 +1,6 @@
 """``fastconvt.conv_transpose2d``: the signature and results of
 ``torch.nn.functional.conv_transpose2d``, computed by fastconvt's kernels."""
+import functools
 import operator
 
 import numpy as np
@@ -79,24 +80,47 @@ def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1
 
 def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):
     """Validate as torch does; return (unbatched, 4-D input, geometry, output (H, W))."""
-    stride = _pair("stride", stride)
-    padding = _pair("padding", padding)
-    output_padding = _pair("output_padding", output_padding)
-    dilation = _pair("dilation", dilation)
-    groups = _int("groups", groups)
     if input.dim() not in (3, 4):
         raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, "
                            f"but got input of size: {list(input.shape)}")
     unbatched = input.dim() == 3
     if unbatched:
         input = input.unsqueeze(0)
-    out_hw = _check_arguments(input, weight, bias, stride, padding, output_padding, groups,
-                              dilation)
-    return unbatched, input, (stride, padding, dilation, groups), out_hw
+    args = (tuple(input.shape), tuple(weight.shape), None if bias is None else tuple(bias.shape),
+            stride, padding, output_padding, groups, dilation)
+    # ints and tuples of ints (a module's arguments) are cached; anything else (lists,
+    # bools, NumPy ints) is checked afresh, so a cached 1 never stands in for True
+    cacheable = all(type(v) is int or (type(v) is tuple and all(type(e) is int for e in v))
+                    for v in args[3:])
+    geometry, out_hw = (_cached_geometry if cacheable else _geometry)(*args)
+    return unbatched, input, geometry, out_hw
+
+
+def _geometry(input_shape, weight_shape, bias_shape, stride, padding, output_padding, groups,
+              dilation):
+    """Normalised (stride, padding, dilation, groups) and the output (H, W)."""
+    stride = _pair("stride", stride)
+    padding = _pair("padding", padding)
+    output_padding = _pair("output_padding", output_padding)
+    dilation = _pair("dilation", dilation)
+    groups = _int("groups", groups)
+    out_hw = _check_arguments(input_shape, weight_shape, bias_shape, stride, padding,
+                              output_padding, groups, dilation)
+    return (stride, padding, dilation, groups), out_hw
+
+
+# argument parsing, once per configuration: a module's calls hit this cache
+_cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
+
+
+def _apply_kernels(input, weight, bias, geometry, out_hw):
+    if torch.compiler.is_compiling():
+        return _apply_kernels_eagerly(input, weight, bias, geometry, out_hw)
+    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw)
 
 
 @torch.compiler.disable
-def _apply_kernels(input, weight, bias, geometry, out_hw):
+def _apply_kernels_eagerly(input, weight, bias, geometry, out_hw):
     """The kernels, opaque to ``torch.compile`` (a graph break: Dynamo cannot
     trace Numba, and would crash trying)."""
     return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw)
@@ -146,11 +170,12 @@ def _pair(name, value):
     return values
 
 
-def _check_arguments(input, weight, bias, stride, padding, output_padding, groups, dilation):
+def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, output_padding,
+                     groups, dilation):
     """Raise torch's exception for invalid arguments; return the output's (H, W)."""
-    if weight.dim() != 4:
+    if len(weight_shape) != 4:
         raise RuntimeError("conv_transpose2d expects a 4-D weight (C_in, C_out // groups, kH, kW), "
-                           f"but got weight of size {list(weight.shape)}")
+                           f"but got weight of size {list(weight_shape)}")
     if groups <= 0:
         raise RuntimeError("non-positive groups is not supported")
     if min(stride) <= 0:
@@ -162,38 +187,38 @@ def _check_arguments(input, weight, bias, stride, padding, output_padding, group
     if min(dilation) <= 0:
         raise RuntimeError(f"dilation should be greater than zero, but got dilation_height: "
                            f"{dilation[0]}, dilation_width: {dilation[1]}")
-    if weight.shape[0] == 0 or weight.shape[0] % groups:
+    if weight_shape[0] == 0 or weight_shape[0] % groups:
         raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} "
                            f"at dimension 0 and non-empty, but got weight of size "
-                           f"{list(weight.shape)} instead")
-    if weight.shape[1] == 0 or min(weight.shape[2:]) <= 0:
+                           f"{list(weight_shape)} instead")
+    if weight_shape[1] == 0 or min(weight_shape[2:]) <= 0:
         raise RuntimeError(f"non-empty weight expected (C_out // groups and the kernel size "
-                           f"must be positive), but got weight of size {list(weight.shape)}")
-    if input.shape[1] != weight.shape[0]:
-        raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected "
-                           f"input{list(input.shape)} to have {weight.shape[0]} channels, but got "
-                           f"{input.shape[1]} channels instead")
-    out_channels = weight.shape[1] * groups
-    if bias is not None and tuple(bias.shape) != (out_channels,):
-        raise RuntimeError(f"Given transposed=1, weight of size {list(weight.shape)}, expected "
+                           f"must be positive), but got weight of size {list(weight_shape)}")
+    if input_shape[1] != weight_shape[0]:
+        raise RuntimeError(f"Given transposed=1, weight of size {list(weight_shape)}, expected "
+                           f"input{list(input_shape)} to have {weight_shape[0]} channels, but got "
+                           f"{input_shape[1]} channels instead")
+    out_channels = weight_shape[1] * groups
+    if bias_shape is not None and bias_shape != (out_channels,):
+        raise RuntimeError(f"Given transposed=1, weight of size {list(weight_shape)}, expected "
                            f"bias to be 1-dimensional with {out_channels} elements, but got bias "
-                           f"of size {list(bias.shape)} instead")
+                           f"of size {list(bias_shape)} instead")
     if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
         raise RuntimeError(
             "output padding must be smaller than either stride or dilation, but got "
             f"output_padding_height: {output_padding[0]} output_padding_width: "
             f"{output_padding[1]} stride_height: {stride[0]} stride_width: {stride[1]} "
             f"dilation_height: {dilation[0]} dilation_width: {dilation[1]}")
-    if input.shape[0] > 0 and min(input.shape[2:]) == 0:
+    if input_shape[0] > 0 and min(input_shape[2:]) == 0:
         raise RuntimeError("Only zero batch or zero channel inputs are supported, but got "
-                           f"input shape: {list(input.shape)}")
+                           f"input shape: {list(input_shape)}")
     out_hw = tuple(
         (i - 1) * s - 2 * p + d * (k - 1) + op + 1
-        for i, s, p, d, k, op in zip(input.shape[2:], stride, padding, dilation,
-                                     weight.shape[2:], output_padding))
+        for i, s, p, d, k, op in zip(input_shape[2:], stride, padding, dilation,
+                                     weight_shape[2:], output_padding))
     if min(out_hw) <= 0:
         raise RuntimeError(
-            f"Given input size per channel: ({input.shape[2]} x {input.shape[3]}). Calculated "
+            f"Given input size per channel: ({input_shape[2]} x {input_shape[3]}). Calculated "
             f"output size per channel: ({out_hw[0]} x {out_hw[1]}). Output size is too small")
     return out_hw
 

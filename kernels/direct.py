@@ -24,7 +24,7 @@ float32 or float64, all of one dtype; sizes of ``H_out``/``W_out`` and
 land outside it are dropped).
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from ._config import FLOAT_DTYPES, JIT, launch
 
@@ -68,13 +68,14 @@ def _conv_transpose2d_rows(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job_lo
                         continue
                     t = num_w // sw
                     q_lo, q_hi = max(0, -t), min(n_q, w_in - t)
-                    acc_run = acc[q_lo:q_hi]
+                    if q_hi <= q_lo:
+                        continue
+                    # unsigned indices: no negative-index wraparound, so the loop vectorises
+                    a0, b0, m = uint64(q_lo), uint64(q_lo + t), uint64(q_hi - q_lo)
                     for ci in range(g * c_in_g, (g + 1) * c_in_g):
                         wv = w[ci, c, kh, kw]
-                        # zero-based views: indices Numba can prove non-negative vectorise
-                        x_run = x[n, ci, ih, q_lo + t:q_hi + t]
-                        for j in range(q_hi - q_lo):
-                            acc_run[j] += wv * x_run[j]
+                        for j in range(m):
+                            acc[a0 + j] += wv * x[n, ci, ih, b0 + j]
             for q in range(n_q):
                 y[n, co, oh, rw + sw * q] = acc[q] + b
 
@@ -93,6 +94,7 @@ def _conv2d_rows(y, w, x, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
+    su = uint64(sw)
     for job in range(job_lo, job_hi):  # job -> input row x[n, ci, ih]
         ih = job % h_in
         ci = (job // h_in) % c_in
@@ -108,11 +110,12 @@ def _conv2d_rows(y, w, x, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
                 for kw in range(k_w):
                     off = kw * dw - pw
                     iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
+                    if iw_hi <= iw_lo:
+                        continue
                     wv = w[ci, c, kh, kw]
-                    x_run = x[n, ci, ih, iw_lo:iw_hi]
-                    y_run = y[n, co, oh, iw_lo * sw + off::sw]
-                    for j in range(iw_hi - iw_lo):
-                        x_run[j] += wv * y_run[j]
+                    a0, b0, m = uint64(iw_lo), uint64(iw_lo * sw + off), uint64(iw_hi - iw_lo)
+                    for j in range(m):
+                        x[n, ci, ih, a0 + j] += wv * y[n, co, oh, b0 + j * su]
 
 
 @njit(parallel=True, **JIT)
@@ -129,6 +132,7 @@ def _weight_correlation_slices(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, 
     c_out_g, k_h, k_w = w.shape[1], w.shape[2], w.shape[3]
     h_out, w_out = y.shape[2], y.shape[3]
     c_in_g = c_in // groups
+    su = uint64(sw)
     for job in range(job_lo, job_hi):  # job -> weight slice w[ci, c]
         ci = job // c_out_g
         c = job % c_out_g
@@ -140,12 +144,14 @@ def _weight_correlation_slices(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, 
                 off_w = kw * dw - pw
                 iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
                 acc = 0.0  # float64 accumulator: this sum runs over N * H_in * W_in terms
-                for n in range(n_batch):
-                    for ih in range(ih_lo, ih_hi):
-                        x_run = x[n, ci, ih, iw_lo:iw_hi]
-                        y_run = y[n, co, ih * sh + off_h, iw_lo * sw + off_w::sw]
-                        for j in range(iw_hi - iw_lo):
-                            acc += x_run[j] * y_run[j]
+                if iw_hi > iw_lo:
+                    a0, b0 = uint64(iw_lo), uint64(iw_lo * sw + off_w)
+                    m = uint64(iw_hi - iw_lo)
+                    for n in range(n_batch):
+                        for ih in range(ih_lo, ih_hi):
+                            oh = ih * sh + off_h
+                            for j in range(m):
+                                acc += x[n, ci, ih, a0 + j] * y[n, co, oh, b0 + j * su]
                 w[ci, c, kh, kw] = acc
 
 
@@ -157,10 +163,13 @@ def _weight_correlation_parallel(x, y, w, sh, sw, ph, pw, dh, dw, groups, n_chun
                                    t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
+_FLOAT_DTYPES = tuple(np.dtype(d) for d in FLOAT_DTYPES)
+
+
 def _check(name, *arrays):
     dtype = arrays[0].dtype
     for a in arrays:
-        if a.dtype != dtype or a.dtype.name not in FLOAT_DTYPES:
+        if a.dtype != dtype or dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name}: arrays must share one dtype among {FLOAT_DTYPES}, got "
                             + ", ".join(str(b.dtype) for b in arrays))
         if not a.flags.c_contiguous:

@@ -20,7 +20,7 @@ processed in chunks so that the workspace (``X_g`` and ``cols``) stays within
 ``workspace_bytes``.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from ._config import JIT, launch
 from .direct import _check, _output
@@ -91,23 +91,27 @@ def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = cols.shape[0] // (k_h * k_w)
     hw = h_in * w_in
+    su = uint64(sw)
     for job in range(job_lo, job_hi):
         n, c = job // c_out_g, job % c_out_g
         co = co0 + c
-        plane = y[n0 + n, co]
-        plane[:, :] = bias[co] if bias.shape[0] > 0 else 0.0
+        y[n0 + n, co, :, :] = bias[co] if bias.shape[0] > 0 else 0.0
         for kh in range(k_h):
             off_h = kh * dh - ph
             ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
             for kw in range(k_w):
                 off_w = kw * dw - pw
                 iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
-                row = cols[(c * k_h + kh) * k_w + kw, n * hw:(n + 1) * hw]
+                if iw_hi <= iw_lo:
+                    continue
+                row = (c * k_h + kh) * k_w + kw
+                # unsigned indices: no negative-index wraparound, so the loop vectorises
+                b0, m = uint64(iw_lo * sw + off_w), uint64(iw_hi - iw_lo)
                 for ih in range(ih_lo, ih_hi):
-                    src = row[ih * w_in + iw_lo:ih * w_in + iw_hi]
-                    dst = plane[ih * sh + off_h, iw_lo * sw + off_w::sw]
-                    for j in range(iw_hi - iw_lo):
-                        dst[j] += src[j]
+                    a0 = uint64(n * hw + ih * w_in + iw_lo)
+                    oh = ih * sh + off_h
+                    for j in range(m):
+                        y[n0 + n, co, oh, b0 + j * su] += cols[row, a0 + j]
 
 
 @njit(parallel=True, **JIT)
@@ -127,6 +131,7 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
     h_out, w_out = y.shape[2], y.shape[3]
     hw = h_in * w_in
     n_batch = cols.shape[1] // hw
+    su = uint64(sw)
     for job in range(job_lo, job_hi):
         kw = job % k_w
         kh = (job // k_w) % k_h
@@ -134,14 +139,16 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
         off_h, off_w = kh * dh - ph, kw * dw - pw
         ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
         iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
-        row = cols[job]
-        row[:] = 0.0
+        cols[job, :] = 0.0
+        if iw_hi <= iw_lo:
+            continue
+        b0, m = uint64(iw_lo * sw + off_w), uint64(iw_hi - iw_lo)
         for n in range(n_batch):
             for ih in range(ih_lo, ih_hi):
-                dst = row[n * hw + ih * w_in + iw_lo:n * hw + ih * w_in + iw_hi]
-                src = y[n0 + n, co, ih * sh + off_h, iw_lo * sw + off_w::sw]
-                for j in range(iw_hi - iw_lo):
-                    dst[j] = src[j]
+                a0 = uint64(n * hw + ih * w_in + iw_lo)
+                oh = ih * sh + off_h
+                for j in range(m):
+                    cols[job, a0 + j] = y[n0 + n, co, oh, b0 + j * su]
 
 
 @njit(parallel=True, **JIT)
