@@ -92,7 +92,10 @@ def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilat
     # bools, NumPy ints) is checked afresh, so a cached 1 never stands in for True
     cacheable = all(type(v) is int or (type(v) is tuple and all(type(e) is int for e in v))
                     for v in args[3:])
-    geometry, out_hw = (_cached_geometry if cacheable else _geometry)(*args)
+    if not cacheable or torch.compiler.is_compiling():  # Dynamo traces through caches
+        geometry, out_hw = _geometry(*args)
+    else:
+        geometry, out_hw = _cached_geometry(*args)
     return unbatched, input, geometry, out_hw
 
 
