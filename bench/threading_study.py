@@ -480,7 +480,7 @@ def report(all_results, reps, max_ext):
     def table(title, cols, source=None):
         source = source or results
         out.append(f"\n## {title}")
-        widths = [16] + [max(len(c[0]), 8 if not c[0] else 13) for c in cols]
+        widths = [18] + [max(len(c[0]), 8 if not c[0] else 13) for c in cols]
         out.append("  ".join(h.ljust(w) for h, w in zip(["layer/policy"] + [c[0] for c in cols], widths)))
         for k in keys:
             rs = source.get(k)
@@ -497,6 +497,14 @@ def report(all_results, reps, max_ext):
     out.append(f"# cells: median over the runs (min-max across runs); each run's value is itself "
                f"a median of many calls. Times in microseconds unless noted. Only runs during which "
                f"other processes used <= {max_ext} cores are used; '*' = no such run, all used.")
+    out.append("\n## which pool runs the kernel: libgomp copies mapped; kernel threads (fraction of "
+               "its wall time on torch-created / Numba-created threads, after a 20 ms sleep)")
+    for k in keys:
+        r = all_results[k][0]
+        libs = ", ".join("torch/lib/" + os.path.basename(p) if "torch" in p else p
+                         for p in r.get("gomp_libs", []))
+        o = r["oncpu"]["k_after_sleep"]
+        out.append(f"{k[0] + '/' + k[1]:<18} {libs:<62} torch-wk {o['torch']:.2f}  numba-wk {o['numba']:.2f}")
     table("machine: CPU used by other processes during each run (cores of 2), 1-min load; all runs", [
         ("ext cores", lambda r: r["ext_cores"], "{:.2f}"),
         ("load start", lambda r: r["load_start"], "{:.2f}"),
@@ -618,15 +626,20 @@ def main():
                     help="tables use runs during which other processes used at most this many "
                          "cores, when there are any (default 0.3)")
     ap.add_argument("--json", help="also write raw results here")
-    ap.add_argument("--from-json", help="only print the tables of an earlier --json")
+    ap.add_argument("--from-json", help="only print the tables of earlier --json files "
+                                        "(comma-separated; their runs are pooled)")
     opts = ap.parse_args()
     if opts.child:
         return child(opts)
-    if opts.from_json:
-        with open(opts.from_json) as f:
-            raw = json.load(f)
-        results = {tuple(k.split("/")): v for k, v in raw["results"].items()}
-        print(report(results, raw["reps"], opts.max_ext))
+    if opts.from_json:   # several files: their runs are pooled
+        results, reps = {}, 0
+        for path in opts.from_json.split(","):
+            with open(path) as f:
+                raw = json.load(f)
+            reps += raw["reps"]
+            for k, v in raw["results"].items():
+                results.setdefault(tuple(k.split("/")), []).extend(v)
+        print(report(results, reps, opts.max_ext))
         return
     layers = opts.layers.split(",")
     policies = opts.policies.split(",")

@@ -51,19 +51,17 @@ def use_family(name):
         _forced.reset(token)
 
 
-def rule(x_shape, w_shape, groups, itemsize, out_bytes):
+def rule(x_shape, w_shape, groups):
     """The family the rule picks for a layer with input ``x_shape`` and weight
     ``w_shape`` (any of its three maps; ``out_bytes`` is that map's output size).
 
-    GEMM pays off when its products are large in every dimension (input channels
-    per group, output taps ``C_out_g * kH * kW``) and its workspace for one image
-    fits the budget; otherwise the direct kernels, which need no column buffer.
+    GEMM pays off when its products are large enough in every dimension (input
+    channels per group, output taps ``C_out_g * kH * kW``); otherwise (depthwise,
+    tiny layers) the direct kernels, which need no column buffer.
     """
     c_in_g = w_shape[0] // groups
     taps = w_shape[1] * w_shape[2] * w_shape[3]
-    per_image = (w_shape[0] + taps) * x_shape[2] * x_shape[3] * itemsize
-    fits = per_image <= max(kernels.gemm.DEFAULT_WORKSPACE_BYTES, out_bytes)
-    return "gemm" if fits and c_in_g >= 8 and taps >= 8 else "direct"
+    return "gemm" if c_in_g >= 8 and taps >= 8 else "direct"
 
 
 def _layer_shapes(map_name, operand_shapes, out_shape):
@@ -92,11 +90,7 @@ def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
         return name
     key = _key(map_name, operand_shapes, dtype, geometry, size)
     if key not in _choices:
-        out_bytes = dtype.itemsize
-        for n in out_shape:
-            out_bytes *= n
-        _choices[key] = rule(*_layer_shapes(map_name, operand_shapes, out_shape), geometry[3],
-                             dtype.itemsize, out_bytes)
+        _choices[key] = rule(*_layer_shapes(map_name, operand_shapes, out_shape), geometry[3])
     return _choices[key]
 
 

@@ -160,31 +160,54 @@ def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, 
                      t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
-def batch_chunk(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes=None):
-    """Images per chunk so that ``X_g`` and ``cols`` fit ``workspace_bytes``
-    (at least 1: a single image may exceed it)."""
-    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
-    per_image = (c_in + c_out_g * kernel_hw[0] * kernel_hw[1]) * in_hw[0] * in_hw[1] * itemsize
-    return max(1, min(n_batch, budget // max(per_image, 1)))
+def chunking(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes=None):
+    """(images, output channels) per chunk so that ``X_g`` and ``cols`` fit
+    ``workspace_bytes``: whole channel groups when one image fits, else fewer
+    output channels per product (at least one image and one channel)."""
+    budget = (DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes) // itemsize
+    hw, kk = in_hw[0] * in_hw[1], kernel_hw[0] * kernel_hw[1]
+    per_image = (c_in + c_out_g * kk) * hw
+    if per_image <= budget:
+        return max(1, min(n_batch, budget // per_image)), c_out_g
+    return 1, max(1, min(c_out_g, (budget - c_in * hw) // (kk * hw)))
 
 
-class _Chunks:
-    """Batch chunks with their channels-first input and column workspaces."""
+class _Blocks:
+    """The (batch chunk, group, output-channel block) products of one call, with
+    the channels-first input and column workspaces they share."""
 
-    def __init__(self, n_batch, c_in, c_out_g, kernel_hw, in_hw, dtype, workspace_bytes):
-        self.hw = in_hw[0] * in_hw[1]
-        self.rows = c_out_g * kernel_hw[0] * kernel_hw[1]
-        self.size = batch_chunk(n_batch, c_in, c_out_g, kernel_hw, in_hw,
-                                np.dtype(dtype).itemsize, workspace_bytes)
-        self.n_batch, self.c_in = n_batch, c_in
-        self._xt = np.empty(c_in * self.size * self.hw, dtype)
-        self._cols = np.empty(self.rows * self.size * self.hw, dtype)
+    def __init__(self, image_shape, groups, c_out_g, kernel_hw, dtype, workspace_bytes):
+        self.n_batch, self.c_in, h_in, w_in = image_shape
+        self.groups, self.c_out_g, self.kk = groups, c_out_g, kernel_hw[0] * kernel_hw[1]
+        self.hw = h_in * w_in
+        self.images, self.channels = chunking(self.n_batch, self.c_in, c_out_g, kernel_hw,
+                                              (h_in, w_in), np.dtype(dtype).itemsize,
+                                              workspace_bytes)
+        self._xt = np.empty(self.c_in * self.images * self.hw if self.images > 1 else 0, dtype)
+        self._cols = np.empty(self.channels * self.kk * self.images * self.hw, dtype)
 
-    def __iter__(self):
-        for n0 in range(0, self.n_batch, self.size):
-            nc = min(self.size, self.n_batch - n0)
-            yield (n0, nc, self._xt[:self.c_in * nc * self.hw].reshape(self.c_in, nc * self.hw),
-                   self._cols[:self.rows * nc * self.hw].reshape(self.rows, nc * self.hw))
+    def batches(self):
+        """``(n0, nc, xt)``: ``xt`` is a channels-first buffer for ``nc`` images
+        (None for a single image, whose own array is already channels first)."""
+        for n0 in range(0, self.n_batch, self.images):
+            nc = min(self.images, self.n_batch - n0)
+            xt = None if nc == 1 else \
+                self._xt[:self.c_in * nc * self.hw].reshape(self.c_in, nc * self.hw)
+            yield n0, nc, xt
+
+    def products(self, nc):
+        """``(g, c0, rows, cols)``: output channels ``c0 .. c0 + rows // kk`` of
+        group ``g`` (``rows`` slices the rows of ``W_g.T``) and their column buffer."""
+        for g in range(self.groups):
+            for c0 in range(0, self.c_out_g, self.channels):
+                cb = min(self.channels, self.c_out_g - c0)
+                cols = self._cols[:cb * self.kk * nc * self.hw].reshape(cb * self.kk, nc * self.hw)
+                yield g, c0, slice(c0 * self.kk, (c0 + cb) * self.kk), cols
+
+
+def _weight_matrix(w, g, c_in_g):
+    """``W_g``: group ``g``'s weight as a ``(C_in_g, C_out_g * kH * kW)`` matrix."""
+    return w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, -1)
 
 
 def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
@@ -196,20 +219,20 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
     y = _output("conv_transpose2d", out, (n_batch, c_out_g * groups) + tuple(out_hw), x.dtype)
-    chunks = _Chunks(n_batch, c_in, c_out_g, (k_h, k_w), (h_in, w_in), x.dtype, workspace_bytes)
+    blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
-    for n0, nc, xt, cols in chunks:
-        if nc == 1:  # one image is already channels-first
+    for n0, nc, xt in blocks.batches():
+        if xt is None:
             xt = x[n0].reshape(c_in, h_in * w_in)
         else:
             launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
                    nc * c_in, xt.size, parallel)
-        for g in range(groups):
-            w_g = w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, chunks.rows)
-            gemm(w_g.T, xt[g * c_in_g:(g + 1) * c_in_g], cols, False)
+        for g, c0, rows, cols in blocks.products(nc):
+            gemm(_weight_matrix(w, g, c_in_g).T[rows], xt[g * c_in_g:(g + 1) * c_in_g], cols,
+                 False)
             launch(_col2im_jobs, _col2im_parallel,
-                   (cols, bias, y, n0, g * c_out_g, h_in, w_in, *geometry),
-                   nc * c_out_g, cols.size, parallel)
+                   (cols, bias, y, n0, g * c_out_g + c0, h_in, w_in, *geometry),
+                   nc * (cols.shape[0] // blocks.kk), cols.size, parallel)
     return y
 
 
@@ -222,18 +245,17 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
     c_in_g = c_in // groups
     x = _output("conv2d", out, (n_batch, c_in) + tuple(in_hw), y.dtype)
-    chunks = _Chunks(n_batch, c_in, c_out_g, (k_h, k_w), tuple(in_hw), y.dtype, workspace_bytes)
+    blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), y.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
-    for n0, nc, xt, cols in chunks:
-        if nc == 1:  # write straight into the channels-first image
-            xt = x[n0].reshape(c_in, chunks.hw)
-        for g in range(groups):
+    for n0, nc, xt in blocks.batches():
+        x_image = x[n0].reshape(c_in, blocks.hw) if xt is None else xt
+        for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g, *in_hw, *geometry), chunks.rows, cols.size,
-                   parallel)
-            w_g = w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, chunks.rows)
-            gemm(w_g, cols, xt[g * c_in_g:(g + 1) * c_in_g], False)
-        if nc > 1:
+                   (y, cols, n0, g * c_out_g + c0, *in_hw, *geometry), cols.shape[0],
+                   cols.size, parallel)
+            gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
+                 x_image[g * c_in_g:(g + 1) * c_in_g], c0 > 0)
+        if xt is not None:
             launch(_from_channels_first_jobs, _from_channels_first_parallel, (xt, n0, x),
                    nc * c_in, xt.size, parallel)
     return x
@@ -251,18 +273,18 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     if n_batch == 0:
         w[...] = 0.0
         return w
-    chunks = _Chunks(n_batch, c_in, c_out_g, (k_h, k_w), (h_in, w_in), x.dtype, workspace_bytes)
+    blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
-    for n0, nc, xt, cols in chunks:
-        if nc == 1:
+    for n0, nc, xt in blocks.batches():
+        if xt is None:
             xt = x[n0].reshape(c_in, h_in * w_in)
         else:
             launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
                    nc * c_in, xt.size, parallel)
-        for g in range(groups):
+        for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g, h_in, w_in, *geometry), chunks.rows, cols.size,
-                   parallel)
-            w_g = w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, chunks.rows)
-            gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, w_g, n0 > 0)
+                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry), cols.shape[0],
+                   cols.size, parallel)
+            gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, _weight_matrix(w, g, c_in_g)[:, rows],
+                 n0 > 0)
     return w

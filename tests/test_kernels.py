@@ -109,19 +109,24 @@ def test_family_rejects_bad_arrays(family):
         k.conv2d(x.astype(np.int64), w.astype(np.int64), *geometry, (3, 3))
 
 
+@pytest.mark.parametrize("workspace_bytes", [1, 600], ids=["one-channel", "few-images"])
 @settings(max_examples=60, deadline=None)
 @given(problem=geometries())
-def test_gemm_batch_chunks(problem):
-    """A workspace too small for two images processes them one chunk at a time."""
+def test_gemm_chunks(workspace_bytes, problem):
+    """Small workspaces split the batch into chunks, and a single image's products
+    into blocks of output channels; results do not change."""
     geometry, shapes, dtype = problem
     x, w, y, b = _arrays(geometry, shapes, dtype)
     g = kernels.gemm
-    assert g.batch_chunk(x.shape[0], x.shape[1], w.shape[1], shapes["kernel"], shapes["size"],
-                         x.itemsize, workspace_bytes=1) == 1
+    images, channels = g.chunking(x.shape[0], x.shape[1], w.shape[1], shapes["kernel"],
+                                  shapes["size"], x.itemsize, workspace_bytes)
+    assert images >= 1 and 1 <= channels <= w.shape[1]
+    if workspace_bytes == 1:
+        assert (images, channels) == (1, 1)
     for name, args, size in [("conv_transpose2d", (x, w, b), shapes["out_hw"]),
                              ("conv2d", (y, w), shapes["size"]),
                              ("weight_correlation", (x, y), shapes["kernel"])]:
         whole = getattr(g, name)(*args, *geometry, size)
-        chunked = getattr(g, name)(*args, *geometry, size, workspace_bytes=1)
+        chunked = getattr(g, name)(*args, *geometry, size, workspace_bytes=workspace_bytes)
         bound = np.abs(whole).max() if whole.size else 0.0
         _close(chunked, whole.astype(np.float64), dtype, bound * 10)
