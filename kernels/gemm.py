@@ -87,31 +87,43 @@ def _from_channels_first_parallel(xt, n0, x, n_chunks):
 @njit(**JIT)
 def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
                  job_lo, job_hi):
-    """Scatter-add ``cols`` into planes ``y[n0 + n, co0 + c]`` (plus bias); job -> (n, c)."""
+    """``y[n0 + n, co0 + c] = bias + sum of cols`` over the taps that reach each
+    pixel; job -> plane (n, c). Like the direct kernel, each output row is split
+    into stride phases, so every tap adds a contiguous run of ``cols`` into a
+    contiguous accumulator and each pixel is written once."""
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = cols.shape[0] // (k_h * k_w)
     hw = h_in * w_in
-    su = uint64(sw)
+    acc = np.empty((w_out + sw - 1) // sw, y.dtype)
     for job in range(job_lo, job_hi):
         n, c = job // c_out_g, job % c_out_g
         co = co0 + c
-        y[n0 + n, co, :, :] = bias[co] if bias.shape[0] > 0 else 0.0
-        for kh in range(k_h):
-            off_h = kh * dh - ph
-            ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
-            for kw in range(k_w):
-                off_w = kw * dw - pw
-                iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
-                if iw_hi <= iw_lo:
-                    continue
-                row = (c * k_h + kh) * k_w + kw
-                # unsigned indices: no negative-index wraparound, so the loop vectorises
-                b0, m = uint64(iw_lo * sw + off_w), uint64(iw_hi - iw_lo)
-                for ih in range(ih_lo, ih_hi):
-                    a0 = uint64(n * hw + ih * w_in + iw_lo)
-                    oh = ih * sh + off_h
-                    for j in range(m):
-                        y[n0 + n, co, oh, b0 + j * su] += cols[row, a0 + j]
+        b = bias[co] if bias.shape[0] > 0 else 0.0
+        for oh in range(h_out):
+            for rw in range(min(sw, w_out)):
+                n_q = (w_out - rw + sw - 1) // sw
+                acc[:n_q] = 0.0
+                for kh in range(k_h):
+                    num_h = oh + ph - kh * dh
+                    ih = num_h // sh
+                    if num_h % sh != 0 or ih < 0 or ih >= h_in:
+                        continue
+                    for kw in range(k_w):
+                        num_w = rw + pw - kw * dw
+                        if num_w % sw != 0:
+                            continue
+                        t = num_w // sw
+                        q_lo, q_hi = max(0, -t), min(n_q, w_in - t)
+                        if q_hi <= q_lo:
+                            continue
+                        # unsigned indices: no negative-index wraparound, so it vectorises
+                        row = (c * k_h + kh) * k_w + kw
+                        a0, m = uint64(q_lo), uint64(q_hi - q_lo)
+                        b0 = uint64(n * hw + ih * w_in + q_lo + t)
+                        for j in range(m):
+                            acc[a0 + j] += cols[row, b0 + j]
+                for q in range(n_q):
+                    y[n0 + n, co, oh, rw + sw * q] = acc[q] + b
 
 
 @njit(parallel=True, **JIT)
