@@ -59,14 +59,16 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
     The workqueue layer aborts on concurrent launches, so they are serialised
     while the layer is workqueue or not yet known.
     """
-    if use_parallel is None:
-        use_parallel = (work >= PARALLEL_MIN_WORK and n_jobs > 1
-                        and numba.get_num_threads() > 1
-                        and not (_forked_child and _threading_layer() == "omp"))
-    if not use_parallel:
+    if use_parallel is False or (use_parallel is None and (work < PARALLEL_MIN_WORK
+                                                           or n_jobs < 2)):
+        serial(*args, 0, n_jobs)  # no thread-count query: it costs ~1 us
+        return
+    threads = numba.get_num_threads()
+    if use_parallel is None and (threads < 2 or (_forked_child
+                                                 and _threading_layer() == "omp")):
         serial(*args, 0, n_jobs)
         return
-    n_chunks = min(n_jobs, CHUNKS_PER_THREAD * numba.get_num_threads())
+    n_chunks = min(n_jobs, CHUNKS_PER_THREAD * threads)
     if _threading_layer() in (None, "workqueue"):
         with _workqueue_lock:
             parallel(*args, n_chunks)
