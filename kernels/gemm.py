@@ -217,9 +217,16 @@ class _Blocks:
                 yield g, c0, slice(c0 * self.kk, (c0 + cb) * self.kk), cols
 
 
+def _pointwise(in_hw, padding, dilation, kernel_hw, out_hw):
+    """Whether each 1x1 input image maps onto exactly one whole kernel-sized output
+    (DCGAN's first layer): then ``y[n]`` is the row ``x[n] @ W`` itself, no columns."""
+    return (tuple(in_hw) == (1, 1) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
+            and tuple(out_hw) == tuple(kernel_hw))
+
+
 def _weight_matrix(w, g, c_in_g):
     """``W_g``: group ``g``'s weight as a ``(C_in_g, C_out_g * kH * kW)`` matrix."""
-    return w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, -1)
+    return w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, w.shape[1] * w.shape[2] * w.shape[3])
 
 
 def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
@@ -231,6 +238,15 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
     y = _output("conv_transpose2d", out, (n_batch, c_out_g * groups) + tuple(out_hw), x.dtype)
+    if _pointwise((h_in, w_in), padding, dilation, (k_h, k_w), out_hw):
+        x_rows = x.reshape(n_batch, c_in)
+        y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
+        for g in range(groups):
+            gemm(x_rows[:, g * c_in_g:(g + 1) * c_in_g], _weight_matrix(w, g, c_in_g),
+                 y_rows[:, g], False)
+        if bias.shape[0]:
+            y += bias.reshape(1, -1, 1, 1)
+        return y
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
     for n0, nc, xt in blocks.batches():
@@ -257,6 +273,13 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
     c_in_g = c_in // groups
     x = _output("conv2d", out, (n_batch, c_in) + tuple(in_hw), y.dtype)
+    if _pointwise(in_hw, padding, dilation, (k_h, k_w), y.shape[2:]):
+        x_rows = x.reshape(n_batch, c_in)
+        y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
+        for g in range(groups):
+            gemm(y_rows[:, g], _weight_matrix(w, g, c_in_g).T,
+                 x_rows[:, g * c_in_g:(g + 1) * c_in_g], False)
+        return x
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), y.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
     for n0, nc, xt in blocks.batches():
@@ -284,6 +307,13 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     w = _output("weight_correlation", out, (c_in, c_out_g, k_h, k_w), x.dtype)
     if n_batch == 0:
         w[...] = 0.0
+        return w
+    if _pointwise((h_in, w_in), padding, dilation, kernel_hw, y.shape[2:]):
+        x_rows = x.reshape(n_batch, c_in)
+        y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
+        for g in range(groups):
+            gemm(x_rows[:, g * c_in_g:(g + 1) * c_in_g].T, y_rows[:, g],
+                 _weight_matrix(w, g, c_in_g), False)
         return w
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)

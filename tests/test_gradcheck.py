@@ -10,6 +10,7 @@ from fastconvt._autograd import (Conv2dFunction, ConvTranspose2dFunction,
 # (input shape, C_out, groups, kernel, stride, padding, output_padding, dilation, bias)
 CASES = {
     "plain": ((2, 2, 3, 3), 3, 1, 3, 2, 1, 1, 1, True),
+    "1x1-input": ((2, 4, 1, 1), 4, 2, (3, 2), 1, 0, 0, 1, True),
     "groups": ((1, 4, 3, 2), 2, 2, 2, 2, 0, 1, 1, True),
     "depthwise": ((2, 3, 3, 3), 6, 3, 3, 2, 1, 0, 1, False),
     "dilation-op": ((1, 2, 3, 3), 2, 1, 2, 1, 1, 1, 2, True),
