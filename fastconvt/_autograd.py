@@ -7,26 +7,11 @@ Forward converts zero-copy to NumPy (after making NCHW-contiguous), calls one
 kernel entry point and wraps the result; backward computes only what
 ``ctx.needs_input_grad`` asks for.
 """
-from contextlib import contextmanager
-
 import torch
 
 from . import _dispatch, kernels
 
 # geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
-
-
-@contextmanager
-def _torch_threads():
-    """Run kernels on as many threads as torch uses, and keep torch's count:
-    Numba's first parallel launch can reset it (numba issue 9387)."""
-    n = torch.get_num_threads()
-    try:
-        with kernels.num_threads(n):
-            yield
-    finally:
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
 
 
 def _np(t):
@@ -35,10 +20,20 @@ def _np(t):
 
 def _compute(map_name, shape, operands, geometry, size):
     """One map on tensors: a torch-allocated output (so allocation errors and
-    empty-tensor strides are torch's), NumPy views in, the dispatcher's family."""
+    empty-tensor strides are torch's), NumPy views in, the dispatcher's family.
+
+    Kernels run on as many threads as torch uses; torch's own count is restored
+    afterwards, since Numba's first parallel launch can reset it (numba#9387).
+    """
     out = torch.empty(shape, dtype=operands[0].dtype)
-    with _torch_threads():
-        _dispatch.run(map_name, tuple(map(_np, operands)), geometry, tuple(size), out.numpy())
+    arrays = tuple(map(_np, operands))
+    threads = torch.get_num_threads()
+    try:
+        with kernels.num_threads(threads):
+            _dispatch.run(map_name, arrays, geometry, tuple(size), out.numpy())
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
     return out
 
 

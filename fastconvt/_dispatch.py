@@ -81,6 +81,10 @@ def _key(map_name, operand_shapes, dtype, geometry, size):
 def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
     """The family that computes this configuration: the forced one, the one tuned
     or chosen before, else the rule's (which is then remembered)."""
+    return _family(_key(map_name, operand_shapes, dtype, geometry, size), out_shape)
+
+
+def _family(key, out_shape):
     name = _forced.get()
     if name is None and kernels._config.forked_child():
         # a forked child cannot use torch's thread pool (torch hangs there); the
@@ -88,22 +92,23 @@ def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
         name = "direct"
     if name is not None:
         return name
-    key = _key(map_name, operand_shapes, dtype, geometry, size)
-    if key not in _choices:
-        _choices[key] = rule(*_layer_shapes(map_name, operand_shapes, out_shape), geometry[3])
-    return _choices[key]
+    name = _choices.get(key)
+    if name is None:
+        map_name, operand_shapes, groups = key[0], key[2], key[3][3]
+        name = _choices[key] = rule(*_layer_shapes(map_name, operand_shapes, out_shape), groups)
+    return name
 
 
 def run(map_name, operands, geometry, size, out):
     """``kernels.<family>.<map_name>(*operands, *geometry, size, out=out)`` with the
     chosen family (NumPy arrays; ``geometry`` is (stride, padding, dilation, groups)).
     Returns the family's name."""
-    shapes = tuple(None if a is None else a.shape for a in operands)
-    if _autotune and _forced.get() is None and not kernels._config.forked_child():
-        key = _key(map_name, shapes, out.dtype, geometry, size)
-        if key not in _choices:
-            _choices[key] = _tune(map_name, operands, geometry, size, out)
-    name = family(map_name, shapes, out.dtype, geometry, size, out.shape)
+    key = _key(map_name, tuple(None if a is None else a.shape for a in operands), out.dtype,
+               geometry, size)
+    if _autotune and key not in _choices and _forced.get() is None \
+            and not kernels._config.forked_child():
+        _choices[key] = _tune(map_name, operands, geometry, size, out)
+    name = _family(key, out.shape)
     _call(name, map_name, operands, geometry, size, out)
     return name
 

@@ -229,6 +229,8 @@ def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, out
 def _is_channels_last(t):
     """``t.suggest_memory_format() == torch.channels_last`` for a 4-D tensor: a port of
     c10's ``is_channels_last_strides_2d``, which decides torch's output layout."""
+    if t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
+        return False  # the common case, decided in C++
     sizes, strides = t.shape, t.stride()
     if strides[1] == 0:
         return False
