@@ -172,6 +172,70 @@ def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, 
                      t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
+@njit(**JIT)
+def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, job_lo, job_hi):
+    """``xc[(ci, mh, mw), (n, ah, aw)] = x[n0 + n, ci0 + ci, a0h + ah - mh, a0w + aw - mw]``
+    (0 off the image); job -> row ``(ci, mh, mw)``."""
+    h_in, w_in = x.shape[2], x.shape[3]
+    na = na_h * na_w
+    n_batch = xc.shape[1] // na
+    for job in range(job_lo, job_hi):
+        mw = job % kq_w
+        mh = (job // kq_w) % kq_h
+        ci = ci0 + job // (kq_h * kq_w)
+        xc[job, :] = 0.0
+        off_w = a0w - mw  # input column of aw = 0
+        aw_lo, aw_hi = max(0, -off_w), min(na_w, w_in - off_w)
+        if aw_hi <= aw_lo:
+            continue
+        # unsigned indices: no negative-index wraparound, so it vectorises
+        b0, m = uint64(aw_lo + off_w), uint64(aw_hi - aw_lo)
+        for n in range(n_batch):
+            for ah in range(na_h):
+                ih = a0h + ah - mh
+                if ih < 0 or ih >= h_in:
+                    continue
+                a0 = uint64(n * na + ah * na_w + aw_lo)
+                for j in range(m):
+                    xc[job, a0 + j] = x[n0 + n, ci, ih, b0 + j]
+
+
+@njit(parallel=True, **JIT)
+def _phase_im2col_parallel(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, n_chunks):
+    n_jobs = xc.shape[0]
+    for t in prange(n_chunks):
+        _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0,
+                           t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+@njit(**JIT)
+def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, pw,
+                        job_lo, job_hi):
+    """``y[n0 + n, co0 + c, oh, ow] = z[(c, rh, rw), (n, ah, aw)] + bias`` where
+    ``oh + ph = sh * (a0h + ah) + rh`` (likewise ow); job -> plane (n, c)."""
+    h_out, w_out = y.shape[2], y.shape[3]
+    c_out_g = z.shape[0] // (sh * sw)
+    na = na_h * na_w
+    for job in range(job_lo, job_hi):
+        n, c = job // c_out_g, job % c_out_g
+        co = co0 + c
+        b = bias[co] if bias.shape[0] > 0 else 0.0
+        for oh in range(h_out):
+            ah, rh = (oh + ph) // sh - a0h, (oh + ph) % sh
+            for ow in range(w_out):
+                aw, rw = (ow + pw) // sw - a0w, (ow + pw) % sw
+                y[n0 + n, co, oh, ow] = z[(c * sh + rh) * sw + rw, n * na + ah * na_w + aw] + b
+
+
+@njit(parallel=True, **JIT)
+def _pixel_shuffle_parallel(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, pw,
+                            n_chunks):
+    n_jobs = (z.shape[1] // (na_h * na_w)) * (z.shape[0] // (sh * sw))
+    for t in prange(n_chunks):
+        _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, pw,
+                            t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
 def chunking(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes=None):
     """(images, output channels) per chunk so that ``X_g`` and ``cols`` fit
     ``workspace_bytes``: whole channel groups when one image fits, else fewer
@@ -247,6 +311,9 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
         if bias.shape[0]:
             y += bias.reshape(1, -1, 1, 1)
         return y
+    if (k_h % stride[0], k_w % stride[1], *dilation) == (0, 0, 1, 1):
+        return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
+                                          gemm, workspace_bytes)
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
     for n0, nc, xt in blocks.batches():
@@ -261,6 +328,46 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
             launch(_col2im_jobs, _col2im_parallel,
                    (cols, bias, y, n0, g * c_out_g + c0, h_in, w_in, *geometry),
                    nc * (cols.shape[0] // blocks.kk), cols.size, parallel)
+    return y
+
+
+def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel, gemm,
+                               workspace_bytes):
+    """The forward map when each kernel size is a multiple of its stride (dilation 1):
+    output phase ``(rh, rw)`` is a stride-1 convolution of the input with the taps
+    ``w[..., rh + sh * mh, rw + sw * mw]``, so one product per group gives every
+    output pixel once (``z``), then a pixel shuffle writes ``y``: no column scatter.
+    With ``o + p = s * a + r``, output ``o`` gets ``x[a - m] * w[r + s * m]``.
+    """
+    n_batch, c_in, h_in, w_in = x.shape
+    c_out_g, k_h, k_w = w.shape[1:]
+    (sh, sw), (ph, pw) = stride, padding
+    c_in_g, kq_h, kq_w = c_in // groups, k_h // sh, k_w // sw
+    h_out, w_out = y.shape[2], y.shape[3]
+    a0h, a0w = ph // sh, pw // sw
+    na_h, na_w = (h_out - 1 + ph) // sh - a0h + 1, (w_out - 1 + pw) // sw - a0w + 1
+    # W'_g[(c, rh, rw), (ci, mh, mw)] = w[ci, c, rh + sh * mh, rw + sw * mw]
+    w_phase = np.ascontiguousarray(
+        w.reshape(groups, c_in_g, c_out_g, kq_h, sh, kq_w, sw).transpose(0, 2, 4, 6, 1, 3, 5)
+    ).reshape(groups, c_out_g * sh * sw, c_in_g * kq_h * kq_w)
+    rows_x, rows_z = c_in_g * kq_h * kq_w, c_out_g * sh * sw
+    per_image = (rows_x + rows_z) * na_h * na_w * x.itemsize
+    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    images = max(1, min(n_batch, budget // max(per_image, 1)))
+    xc_buffer = np.empty(rows_x * images * na_h * na_w, x.dtype)
+    z_buffer = np.empty(rows_z * images * na_h * na_w, x.dtype)
+    for n0 in range(0, n_batch, images):
+        nc = min(images, n_batch - n0)
+        xc = xc_buffer[:rows_x * nc * na_h * na_w].reshape(rows_x, nc * na_h * na_w)
+        z = z_buffer[:rows_z * nc * na_h * na_w].reshape(rows_z, nc * na_h * na_w)
+        for g in range(groups):
+            launch(_phase_im2col_jobs, _phase_im2col_parallel,
+                   (x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, g * c_in_g), rows_x,
+                   xc.size, parallel)
+            gemm(w_phase[g], xc, z, False)
+            launch(_pixel_shuffle_jobs, _pixel_shuffle_parallel,
+                   (z, bias, y, n0, g * c_out_g, a0h, a0w, na_h, na_w, sh, sw, ph, pw),
+                   nc * c_out_g, z.size, parallel)
     return y
 
 

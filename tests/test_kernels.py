@@ -130,3 +130,29 @@ def test_gemm_chunks(workspace_bytes, problem):
         chunked = getattr(g, name)(*args, *geometry, size, workspace_bytes=workspace_bytes)
         bound = np.abs(whole).max() if whole.size else 0.0
         _close(chunked, whole.astype(np.float64), dtype, bound * 10)
+
+
+@st.composite
+def subpixel_geometries(draw):
+    """Kernel sizes that are multiples of the strides, dilation 1: the GEMM family's
+    sub-pixel forward path."""
+    geometry, shapes, dtype = draw(geometries())
+    stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    kernel = tuple(s * draw(st.integers(1, 3)) for s in stride)
+    padding = tuple(draw(st.integers(0, k)) for k in kernel)
+    out_hw = tuple(max(1, (i - 1) * s - 2 * p + k + draw(st.integers(0, s - 1)))
+                   for i, s, p, k in zip(shapes["size"], stride, padding, kernel))
+    shapes = dict(shapes, kernel=kernel, out_hw=out_hw)
+    return (stride, padding, (1, 1), geometry[3]), shapes, dtype
+
+
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
+@settings(max_examples=100, deadline=None)
+@given(problem=subpixel_geometries())
+def test_gemm_subpixel_forward(parallel, problem):
+    geometry, shapes, dtype = problem
+    x, w, _, b = _arrays(geometry, shapes, dtype)
+    out = kernels.gemm.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel)
+    bound = _torch_conv_transpose(abs(x), abs(w), abs(b), geometry, shapes["out_hw"])
+    _close(out, _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"]), dtype,
+           bound.max() if bound.size else 0.0)
