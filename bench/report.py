@@ -4,6 +4,7 @@
 Speed-up is torch's median time over fastconvt's, both measured in the same process;
 GFLOP/s counts useful multiply-adds only (``layers.flops``) and "% peak" relates them
 to a large torch.matmul of the same dtype measured in the same run (its best round).
+A "!" after a speed-up marks a row timed while other processes used over 10% of the CPUs.
 """
 import json
 import math
@@ -14,6 +15,7 @@ from .layers import LAYERS, MODES, flops
 
 DTYPES = ("float32", "float64")
 CASES = [(dtype, mode) for dtype in DTYPES for mode in MODES]  # table order
+BUSY = 0.1  # share of the CPUs other processes may use before a timing is flagged
 COLUMNS = ["layer", "torch ms", "fastconvt ms", "speed-up", "GFLOP/s", "% peak", "family",
            "ORT ms"]
 
@@ -24,15 +26,19 @@ def load(path):
 
 def summarize(results):
     """Rows per (dtype, mode), peaks, geometric means and the cases below 1.0x."""
-    median, family, peak, peak_shape = {}, {}, {}, None
+    median, family, busy, peak, peak_shape = {}, {}, {}, {}, None
     for bench in results["benchmarks"]:
         info, seconds = bench["extra_info"], bench["stats"]["median"]
+        others = info.get("others_cpu") or 0.0
         if info.get("impl") == "torch.matmul":
+            busy["matmul"] = max(busy.get("matmul", 0.0), others)
             peak[info["dtype"]] = info["flops"] / bench["stats"]["min"] / 1e9  # best round
             peak_shape = "{0}x{1} @ {1}x{2}".format(*info["shape"])
             continue
         key = (info["layer"], info["mode"], info["dtype"])
         median[key + (info["impl"],)] = seconds
+        if info["impl"] in ("torch", "fastconvt"):
+            busy[key] = max(busy.get(key, 0.0), others)
         if info["impl"] == "fastconvt":
             family[key] = info.get("family") or "-"
     tables, geomeans, slower = {}, {}, []
@@ -45,7 +51,8 @@ def summarize(results):
             if torch_s is None and ours_s is None:
                 continue
             row = dict(layer=name, torch=torch_s, fastconvt=ours_s, onnxruntime=ort_s,
-                       family=family.get(key, "-"), speedup=None, gflops=None, peak=None)
+                       family=family.get(key, "-"), speedup=None, gflops=None, peak=None,
+                       busy=busy.get(key, 0.0) > BUSY)
             if ours_s:
                 row["gflops"] = flops(layer, mode) / ours_s / 1e9
                 if dtype in peak:
@@ -61,7 +68,7 @@ def summarize(results):
         if ratios:
             geomeans[dtype, mode] = math.exp(sum(map(math.log, ratios)) / len(ratios))
     return dict(tables=tables, peak=peak, peak_shape=peak_shape, geomeans=geomeans,
-                slower=slower)
+                slower=slower, busy_peak=busy.get("matmul", 0.0) > BUSY)
 
 
 def _cells(row, with_ort):
@@ -73,7 +80,8 @@ def _cells(row, with_ort):
         return "-" if value is None else format(value, fmt)
 
     cells = [row["layer"], ms(row["torch"]), ms(row["fastconvt"]),
-             "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+             ("-" if row["speedup"] is None else f"{row['speedup']:.2f}x")
+             + ("!" if row["busy"] else ""),
              num(row["gflops"], ".2f" if (row["gflops"] or 0) < 10 else ".1f"),
              num(row["peak"], ".1f"), row["family"]]
     return cells + [ms(row["onnxruntime"])] if with_ort else cells
@@ -90,7 +98,9 @@ def _preamble(results, summary):
     peak = summary["peak"]
     if peak:
         lines.append(f"Reference peak (torch.matmul {summary['peak_shape']}, best round): "
-                     + ", ".join(f"{dtype} {value:.1f} GFLOP/s" for dtype, value in peak.items()))
+                     + ", ".join(f"{dtype} {value:.1f} GFLOP/s" for dtype, value in peak.items())
+                     + (" (!: measured while the machine was busy)" if summary["busy_peak"]
+                        else ""))
     compile_s = results.get("fastconvt_compile_seconds")
     if compile_s:
         def fmt(value):
@@ -110,6 +120,12 @@ def _epilogue(results, summary):
         by_layer.setdefault(name, []).append(f"{dtype} {mode} {speedup:.2f}x")
     lines.append("below 1.0x: " + ("; ".join(f"{name} ({', '.join(cases)})"
                                             for name, cases in by_layer.items()) or "none"))
+    rows = [row for table in summary["tables"].values() for row in table]
+    flagged = sum(row["busy"] for row in rows)
+    if flagged:
+        lines.append(f"!: other processes used over {BUSY:.0%} of the CPUs while {flagged} of "
+                     f"the {len(rows)} rows were timed; re-run on a quiet machine before "
+                     "quoting them")
     skipped = results.get("machine_info", {}).get("fastconvt_bench", {}).get("onnx_skipped")
     reasons = {}
     for name, reason in (skipped or {}).items():
@@ -185,11 +201,15 @@ def plot(results, summary, path):
     low, high = ax.get_ylim()
     low, high = min(low, 0.8), max(high, 1.25)  # keep the 1.0x line in view
     ax.set_ylim(low, high)
-    ticks = FuncFormatter(lambda value, _: f"{value:g}x")
-    ax.yaxis.set_major_formatter(ticks)
-    if high / low < 30:  # label the 2x, 3x, ... ticks too unless they would crowd
-        ax.yaxis.set_minor_formatter(ticks)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+    crowded = high / low >= 30  # then label only the 2s and 5s between powers of ten
+
+    def minor(value, _):
+        leading = f"{value:.0e}"[0]
+        return f"{value:g}x" if not crowded or leading in "25" else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}x"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    ax.tick_params(axis="y", which="minor", labelsize=7)
     ax.set_ylabel("speed-up over torch (torch time / fastconvt time)")
     ax.set_xticks(range(len(layers)))
     ax.set_xticklabels(layers, rotation=40, ha="right", fontsize=8)

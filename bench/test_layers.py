@@ -10,6 +10,7 @@ exactly min-rounds rounds and a single warm-up.
 """
 import io
 import math
+import os
 import time
 import warnings
 
@@ -26,8 +27,22 @@ MATMUL_MKN = (2048, 1024, 2048)
 ONNX_THREADS = 2
 
 
+def _busy_seconds():
+    """CPU seconds the whole machine has been busy (steal included), or None."""
+    try:
+        with open("/proc/stat") as stat:
+            ticks = [int(field) for field in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
 def _time(benchmark, config, step):
-    """Warm ``step`` up, then time it with pytest-benchmark (rounds as in the module doc)."""
+    """Warm ``step`` up, then time it with pytest-benchmark (rounds as in the module doc).
+
+    Records in extra_info["others_cpu"] the share of the machine's CPUs that other
+    processes used meanwhile (timings of 0.5 s or more): above ~0.1 the timing is not
+    to be trusted."""
     for _ in range(2):
         start = time.perf_counter()
         step()
@@ -37,7 +52,12 @@ def _time(benchmark, config, step):
     max_time = float(config.getoption("benchmark_max_time"))
     rounds = math.ceil(max_time / max(seconds, 1e-7))
     rounds = max(rounds, config.getoption("benchmark_min_rounds"), 1)
+    busy, own, wall = _busy_seconds(), os.times(), time.perf_counter()
     benchmark.pedantic(step, rounds=rounds, iterations=1)
+    wall = time.perf_counter() - wall
+    if busy is not None and wall >= 0.5:  # /proc/stat counts in 10 ms ticks
+        others = _busy_seconds() - busy - (sum(os.times()[:2]) - sum(own[:2]))
+        benchmark.extra_info["others_cpu"] = round(max(others / (wall * os.cpu_count()), 0), 3)
 
 
 def _describe(benchmark, layer, impl, dtype, mode, **more):
