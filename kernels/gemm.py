@@ -216,15 +216,24 @@ def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, p
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = z.shape[0] // (sh * sw)
     na = na_h * na_w
+    su = uint64(sw)
     for job in range(job_lo, job_hi):
         n, c = job // c_out_g, job % c_out_g
         co = co0 + c
         b = bias[co] if bias.shape[0] > 0 else 0.0
         for oh in range(h_out):
             ah, rh = (oh + ph) // sh - a0h, (oh + ph) % sh
-            for ow in range(w_out):
-                aw, rw = (ow + pw) // sw - a0w, (ow + pw) % sw
-                y[n0 + n, co, oh, ow] = z[(c * sh + rh) * sw + rw, n * na + ah * na_w + aw] + b
+            for rw in range(sw):
+                ow0 = (rw - pw) % sw  # first output column of phase rw
+                if ow0 >= w_out:
+                    continue
+                # unsigned indices: no negative-index wraparound, so it vectorises
+                m = uint64((w_out - ow0 + sw - 1) // sw)
+                row = (c * sh + rh) * sw + rw
+                a0 = uint64(n * na + ah * na_w + (ow0 + pw) // sw - a0w)
+                b0 = uint64(ow0)
+                for j in range(m):
+                    y[n0 + n, co, oh, b0 + j * su] = z[row, a0 + j] + b
 
 
 @njit(parallel=True, **JIT)
@@ -294,9 +303,11 @@ def _weight_matrix(w, g, c_in_g):
 
 
 def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
-                     parallel=None, gemm=numpy_gemm, workspace_bytes=None):
+                     parallel=None, gemm=numpy_gemm, workspace_bytes=None, subpixel=None):
     """Transposed convolution ``(N, C_in, H_in, W_in) -> (N, C_out, *out_hw)``; the
-    arguments and result of :func:`fastconvt.kernels.direct.conv_transpose2d`."""
+    arguments and result of :func:`fastconvt.kernels.direct.conv_transpose2d`.
+    ``subpixel`` forces (True, where kernel sizes are multiples of the strides and
+    dilation is 1) or forbids the sub-pixel form; None picks it where it applies."""
     bias = np.empty(0, x.dtype) if bias is None else bias
     _check("conv_transpose2d", x, w, bias)
     n_batch, c_in, h_in, w_in = x.shape
@@ -311,7 +322,9 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
         if bias.shape[0]:
             y += bias.reshape(1, -1, 1, 1)
         return y
-    if (k_h % stride[0], k_w % stride[1], *dilation) == (0, 0, 1, 1):
+    if subpixel is None:
+        subpixel = _subpixel_pays((c_in_g, c_out_g), (k_h, k_w), stride, dilation)
+    if subpixel:
         return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
                                           gemm, workspace_bytes)
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
@@ -329,6 +342,18 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
                    (cols, bias, y, n0, g * c_out_g + c0, h_in, w_in, *geometry),
                    nc * (cols.shape[0] // blocks.kk), cols.size, parallel)
     return y
+
+
+def _subpixel_pays(channels, kernel_hw, stride, dilation):
+    """Whether the sub-pixel form applies (kernel sizes multiples of the strides,
+    dilation 1) and moves less data than the column form: per input pixel its input
+    columns and phase outputs, ``C_in_g * kq^2 + C_out_g * s^2``, against the
+    column form's ``C_out_g * k^2`` (``kq = k / s`` per axis)."""
+    (c_in_g, c_out_g), (k_h, k_w), (sh, sw) = channels, kernel_hw, stride
+    if (k_h % sh, k_w % sw, *dilation) != (0, 0, 1, 1):
+        return False
+    kq2 = (k_h // sh) * (k_w // sw)
+    return c_in_g * kq2 + c_out_g * sh * sw < c_out_g * k_h * k_w
 
 
 def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel, gemm,

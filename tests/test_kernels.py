@@ -134,8 +134,8 @@ def test_gemm_chunks(workspace_bytes, problem):
 
 @st.composite
 def subpixel_geometries(draw):
-    """Kernel sizes that are multiples of the strides, dilation 1: the GEMM family's
-    sub-pixel forward path."""
+    """Kernel sizes that are multiples of the strides, dilation 1: where the GEMM
+    family's sub-pixel forward applies (forced in the test that uses this)."""
     geometry, shapes, dtype = draw(geometries())
     stride = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
     kernel = tuple(s * draw(st.integers(1, 3)) for s in stride)
@@ -152,7 +152,8 @@ def subpixel_geometries(draw):
 def test_gemm_subpixel_forward(parallel, problem):
     geometry, shapes, dtype = problem
     x, w, _, b = _arrays(geometry, shapes, dtype)
-    out = kernels.gemm.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel)
+    out = kernels.gemm.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel,
+                                        subpixel=True)
     bound = _torch_conv_transpose(abs(x), abs(w), abs(b), geometry, shapes["out_hw"])
     _close(out, _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"]), dtype,
            bound.max() if bound.size else 0.0)
