@@ -18,23 +18,35 @@ def _np(t):
     return None if t is None else t.detach().contiguous().numpy()
 
 
-def _compute(map_name, shape, operands, geometry, size):
-    """One map on tensors: a torch-allocated output (so allocation errors and
-    empty-tensor strides are torch's), NumPy views in, the dispatcher's family.
-
-    Kernels run on as many threads as torch uses; torch's own count is restored
-    afterwards, since Numba's first parallel launch can reset it (numba#9387).
-    """
-    out = torch.empty(shape, dtype=operands[0].dtype)
-    arrays = tuple(map(_np, operands))
+def _on_torch_threads(call, *args):
+    """``call(*args)`` with Numba on as many threads as torch uses; torch's own
+    count is restored afterwards, since Numba's first parallel launch can reset it
+    (numba#9387)."""
     threads = torch.get_num_threads()
     try:
         with kernels.num_threads(threads):
-            _dispatch.run(map_name, arrays, geometry, tuple(size), out.numpy())
+            return call(*args)
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+
+
+def _compute(map_name, shape, operands, geometry, size):
+    """One map on tensors: a torch-allocated output (so allocation errors and
+    empty-tensor strides are torch's), NumPy views in, the dispatcher's family."""
+    out = torch.empty(shape, dtype=operands[0].dtype)
+    _on_torch_threads(_dispatch.run, map_name, tuple(map(_np, operands)), geometry,
+                      tuple(size), out.numpy())
     return out
+
+
+def _both_gradients(x, w, gy, geometry):
+    """(grad_input, grad_weight) from one pass over ``gy`` where the dispatcher
+    allows it, else (None, None)."""
+    gx, gw = torch.empty(x.shape, dtype=x.dtype), torch.empty(w.shape, dtype=w.dtype)
+    fused = _on_torch_threads(_dispatch.run_backward, _np(x), _np(w), _np(gy), geometry,
+                              gx.numpy(), gw.numpy())
+    return (gx, gw) if fused else (None, None)
 
 
 def conv_transpose2d(x, w, b, geometry, out_hw):
@@ -59,9 +71,11 @@ class ConvTranspose2dFunction(torch.autograd.Function):
     def backward(ctx, gy):
         x, w = ctx.saved_tensors
         gx = gw = gb = None
-        if ctx.needs_input_grad[0]:
+        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not torch.is_grad_enabled():
+            gx, gw = _both_gradients(x, w, gy, ctx.geometry)  # no graph to record: fuse
+        if ctx.needs_input_grad[0] and gx is None:
             gx = Conv2dFunction.apply(gy, w, ctx.geometry, x.shape[2:])
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and gw is None:
             gw = WeightCorrelationFunction.apply(x, gy, ctx.geometry, w.shape[2:])
         if ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))

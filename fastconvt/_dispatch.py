@@ -113,6 +113,22 @@ def run(map_name, operands, geometry, size, out):
     return name
 
 
+def run_backward(x, w, gy, geometry, gx, gw):
+    """Both gradients of the transposed convolution in one pass over ``gy`` when the
+    GEMM family computes both maps (NumPy arrays, outputs ``gx`` and ``gw``).
+    Returns False, computing nothing, where the maps would run separately."""
+    if _autotune and _forced.get() is None:
+        return False  # the maps are tuned one by one
+    conv = family("conv2d", (gy.shape, w.shape), gy.dtype, geometry, x.shape[2:], x.shape)
+    corr = family("weight_correlation", (x.shape, gy.shape), x.dtype, geometry, w.shape[2:],
+                  w.shape)
+    if conv != "gemm" or corr != "gemm":
+        return False
+    kernels.gemm.conv_transpose2d_backward(x, w, gy, *geometry, gx_out=gx, gw_out=gw,
+                                           gemm=torch_gemm)
+    return True
+
+
 def _call(name, map_name, operands, geometry, size, out):
     compute = getattr(kernels.FAMILIES[name], map_name)
     compute(*operands, *geometry, size, out=out, **_EXTRA[name])

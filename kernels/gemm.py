@@ -462,3 +462,43 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
             gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, _weight_matrix(w, g, c_in_g)[:, rows],
                  n0 > 0)
     return w
+
+
+def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_out=None,
+                              gw_out=None, parallel=None, gemm=numpy_gemm, workspace_bytes=None):
+    """Both gradients of ``conv_transpose2d`` at once: ``conv2d(gy, w)`` into
+    ``gx_out`` and ``weight_correlation(x, gy)`` into ``gw_out`` (each optional),
+    sharing one gather of ``gy`` into columns per batch chunk. Returns (gx, gw)."""
+    _check("conv_transpose2d_backward", x, w, gy)
+    n_batch, c_in, h_in, w_in = x.shape
+    c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
+    if n_batch == 0 or _pointwise((h_in, w_in), padding, dilation, (k_h, k_w), gy.shape[2:]):
+        gx = conv2d(gy, w, stride, padding, dilation, groups, (h_in, w_in), gx_out, parallel,
+                    gemm, workspace_bytes)
+        gw = weight_correlation(x, gy, stride, padding, dilation, groups, (k_h, k_w), gw_out,
+                                parallel, gemm, workspace_bytes)
+        return gx, gw
+    gx = _output("conv_transpose2d_backward", gx_out, x.shape, x.dtype)
+    gw = _output("conv_transpose2d_backward", gw_out, w.shape, x.dtype)
+    blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
+    xt_buffer = np.empty(c_in * blocks.images * blocks.hw if blocks.images > 1 else 0, x.dtype)
+    geometry = (*stride, *padding, *dilation, k_h, k_w)
+    for n0, nc, gxt in blocks.batches():
+        if gxt is None:  # one image: its own arrays are channels first
+            xt, gx_image = x[n0].reshape(c_in, blocks.hw), gx[n0].reshape(c_in, blocks.hw)
+        else:
+            xt = xt_buffer[:c_in * nc * blocks.hw].reshape(c_in, nc * blocks.hw)
+            launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
+                   nc * c_in, xt.size, parallel)
+            gx_image = gxt
+        for g, c0, rows, cols in blocks.products(nc):
+            launch(_im2col_jobs, _im2col_parallel,
+                   (gy, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry), cols.shape[0],
+                   cols.size, parallel)
+            group = slice(g * c_in_g, (g + 1) * c_in_g)
+            gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols, gx_image[group], c0 > 0)
+            gemm(xt[group], cols.T, _weight_matrix(gw, g, c_in_g)[:, rows], n0 > 0)
+        if gxt is not None:
+            launch(_from_channels_first_jobs, _from_channels_first_parallel, (gxt, n0, gx),
+                   nc * c_in, gxt.size, parallel)
+    return gx, gw

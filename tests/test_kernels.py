@@ -157,3 +157,19 @@ def test_gemm_subpixel_forward(parallel, problem):
     bound = _torch_conv_transpose(abs(x), abs(w), abs(b), geometry, shapes["out_hw"])
     _close(out, _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"]), dtype,
            bound.max() if bound.size else 0.0)
+
+
+@pytest.mark.parametrize("workspace_bytes", [None, 1, 600], ids=["whole", "one-channel", "few"])
+@settings(max_examples=60, deadline=None)
+@given(problem=geometries())
+def test_gemm_fused_backward(workspace_bytes, problem):
+    """Both gradients from one gather of the output gradient equal the two maps."""
+    geometry, shapes, dtype = problem
+    x, w, y, _ = _arrays(geometry, shapes, dtype)
+    g = kernels.gemm
+    gx, gw = g.conv_transpose2d_backward(x, w, y, *geometry, workspace_bytes=workspace_bytes)
+    want_x = g.conv2d(y, w, *geometry, shapes["size"])
+    want_w = g.weight_correlation(x, y, *geometry, shapes["kernel"])
+    for got, want in ((gx, want_x), (gw, want_w)):
+        bound = np.abs(want).max() if want.size else 0.0
+        _close(got, want.astype(np.float64), dtype, bound * 10)
