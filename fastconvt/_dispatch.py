@@ -51,9 +51,9 @@ def use_family(name):
         _forced.reset(token)
 
 
-def rule(x_shape, w_shape, groups):
-    """The family the rule picks for a layer with input ``x_shape`` and weight
-    ``w_shape`` (any of its three maps; ``out_bytes`` is that map's output size).
+def rule(w_shape, groups):
+    """The family the rule picks for a layer with weight ``w_shape`` (the same for
+    all three of its maps).
 
     GEMM pays off when its products are large enough in every dimension (input
     channels per group, output taps ``C_out_g * kH * kW``); otherwise (depthwise,
@@ -64,13 +64,9 @@ def rule(x_shape, w_shape, groups):
     return "gemm" if c_in_g >= 8 and taps >= 8 else "direct"
 
 
-def _layer_shapes(map_name, operand_shapes, out_shape):
-    """(input shape, weight shape) of the layer a map belongs to."""
-    if map_name == "conv_transpose2d":
-        return operand_shapes[0], operand_shapes[1]
-    if map_name == "conv2d":
-        return out_shape, operand_shapes[1]
-    return operand_shapes[0], out_shape
+def _weight_shape(map_name, operand_shapes, out_shape):
+    """The weight shape of the layer a map belongs to (weight correlation makes it)."""
+    return out_shape if map_name == "weight_correlation" else operand_shapes[1]
 
 
 def _key(map_name, operand_shapes, dtype, geometry, size):
@@ -95,7 +91,7 @@ def _family(key, out_shape):
     name = _choices.get(key)
     if name is None:
         map_name, operand_shapes, groups = key[0], key[2], key[3][3]
-        name = _choices[key] = rule(*_layer_shapes(map_name, operand_shapes, out_shape), groups)
+        name = _choices[key] = rule(_weight_shape(map_name, operand_shapes, out_shape), groups)
     return name
 
 
