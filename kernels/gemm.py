@@ -4,7 +4,7 @@ plus Numba gathers/scatters between image and column layouts.
 With ``kk = kH * kW``, group ``g``'s weight is the matrix
 ``W_g = w[g*C_in_g:(g+1)*C_in_g].reshape(C_in_g, C_out_g * kk)`` and a batch chunk
 of ``nc`` images is ``X_g`` of shape ``(C_in_g, nc * H_in * W_in)`` (channels
-first, batch folded into the columns, built by :func:`_to_channels_first`). The
+first, batch folded into the columns, built by :func:`_channels_first_jobs`). The
 column matrix ``cols`` has rows ``(c, kh, kw)`` and columns ``(n, ih, iw)``:
 
 * ``conv_transpose2d``: ``cols = W_g.T @ X_g``, then ``_col2im`` adds each
@@ -47,41 +47,25 @@ def _tap_range(offset, stride, n_in, n_out):
 
 
 @njit(**JIT)
-def _to_channels_first_jobs(x, n0, xt, job_lo, job_hi):
-    """``xt[ci, n * HW + p] = x[n0 + n, ci].ravel()[p]``; job -> (n, ci)."""
+def _channels_first_jobs(x, n0, xt, to_xt, job_lo, job_hi):
+    """Copy between images ``x[n0 + n, ci]`` and channels-first columns
+    ``xt[ci, n * HW:(n + 1) * HW]``: into ``xt`` if ``to_xt``, else back into ``x``;
+    job -> (n, ci)."""
     c_in, hw = x.shape[1], x.shape[2] * x.shape[3]
     for job in range(job_lo, job_hi):
         n, ci = job // c_in, job % c_in
-        src = x[n0 + n, ci].ravel()
-        dst = xt[ci, n * hw:(n + 1) * hw]
+        image, columns = x[n0 + n, ci].ravel(), xt[ci, n * hw:(n + 1) * hw]
+        src, dst = (image, columns) if to_xt else (columns, image)
         for p in range(hw):
             dst[p] = src[p]
 
 
 @njit(parallel=True, **JIT)
-def _to_channels_first_parallel(x, n0, xt, n_chunks):
+def _channels_first_parallel(x, n0, xt, to_xt, n_chunks):
     n_jobs = (xt.shape[1] // (x.shape[2] * x.shape[3])) * x.shape[1]
     for t in prange(n_chunks):
-        _to_channels_first_jobs(x, n0, xt, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
-
-
-@njit(**JIT)
-def _from_channels_first_jobs(xt, n0, x, job_lo, job_hi):
-    """The inverse of ``_to_channels_first``: ``x[n0 + n, ci]`` from ``xt``."""
-    c_in, hw = x.shape[1], x.shape[2] * x.shape[3]
-    for job in range(job_lo, job_hi):
-        n, ci = job // c_in, job % c_in
-        src = xt[ci, n * hw:(n + 1) * hw]
-        dst = x[n0 + n, ci].ravel()
-        for p in range(hw):
-            dst[p] = src[p]
-
-
-@njit(parallel=True, **JIT)
-def _from_channels_first_parallel(xt, n0, x, n_chunks):
-    n_jobs = (xt.shape[1] // (x.shape[2] * x.shape[3])) * x.shape[1]
-    for t in prange(n_chunks):
-        _from_channels_first_jobs(xt, n0, x, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+        _channels_first_jobs(x, n0, xt, to_xt, t * n_jobs // n_chunks,
+                             (t + 1) * n_jobs // n_chunks)
 
 
 @njit(**JIT)
@@ -334,7 +318,7 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
         if xt is None:
             xt = x[n0].reshape(c_in, h_in * w_in)
         else:
-            launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
+            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True),
                    nc * c_in, xt.size, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             gemm(_weight_matrix(w, g, c_in_g).T[rows], xt[g * c_in_g:(g + 1) * c_in_g], cols,
@@ -435,7 +419,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
                  x_image[g * c_in_g:(g + 1) * c_in_g], c0 > 0)
         if xt is not None:
-            launch(_from_channels_first_jobs, _from_channels_first_parallel, (xt, n0, x),
+            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, False),
                    nc * c_in, xt.size, parallel)
     return x
 
@@ -465,7 +449,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
         if xt is None:
             xt = x[n0].reshape(c_in, h_in * w_in)
         else:
-            launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
+            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True),
                    nc * c_in, xt.size, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
@@ -500,7 +484,7 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
             xt, gx_image = x[n0].reshape(c_in, blocks.hw), gx[n0].reshape(c_in, blocks.hw)
         else:
             xt = xt_buffer[:c_in * nc * blocks.hw].reshape(c_in, nc * blocks.hw)
-            launch(_to_channels_first_jobs, _to_channels_first_parallel, (x, n0, xt),
+            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True),
                    nc * c_in, xt.size, parallel)
             gx_image = gxt
         for g, c0, rows, cols in blocks.products(nc):
@@ -511,6 +495,6 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols, gx_image[group], c0 > 0)
             gemm(xt[group], cols.T, _weight_matrix(gw, g, c_in_g)[:, rows], n0 > 0)
         if gxt is not None:
-            launch(_from_channels_first_jobs, _from_channels_first_parallel, (gxt, n0, gx),
+            launch(_channels_first_jobs, _channels_first_parallel, (gx, n0, gxt, False),
                    nc * c_in, gxt.size, parallel)
     return gx, gw
