@@ -49,12 +49,72 @@ def _both_gradients(x, w, gy, geometry):
     return (gx, gw) if fused else (None, None)
 
 
-def conv_transpose2d(x, w, b, geometry, out_hw):
-    """``y = T(x, w) + b``; through autograd only when a gradient may be asked for."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, w, b)):
+def _needs_graph(*tensors):
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros"):
+    """``y = T(x, w) + b``; through autograd only when a gradient may be asked for.
+    A non-zeros ``padding_mode`` computes ``T`` without padding, then folds the
+    borders back in (the adjoint of ``nn.Conv2d``'s padding in that mode)."""
+    stride, padding, dilation, groups = geometry
+    if padding_mode != "zeros" and any(padding):
+        full_hw = (out_hw[0] + 2 * padding[0], out_hw[1] + 2 * padding[1])
+        z = conv_transpose2d(x, w, None, (stride, (0, 0), dilation, groups), full_hw)
+        if _needs_graph(z, b):
+            return FoldBordersFunction.apply(z, b, padding, padding_mode)
+        return _fold_borders(z, b, padding, padding_mode)
+    if _needs_graph(x, w, b):
         return ConvTranspose2dFunction.apply(x, w, b, geometry, out_hw)
     shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
     return _compute("conv_transpose2d", shape, (x, w, b), geometry, out_hw)
+
+
+def _fold_borders(z, b, padding, mode):
+    shape = z.shape[:2] + (z.shape[2] - 2 * padding[0], z.shape[3] - 2 * padding[1])
+    out = torch.empty(shape, dtype=z.dtype)
+    _on_torch_threads(kernels.borders.fold_borders, _np(z), _np(b), padding, mode, out.numpy())
+    return out
+
+
+def _pad_borders(x, padding, mode):
+    shape = x.shape[:2] + (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    out = torch.empty(shape, dtype=x.dtype)
+    _on_torch_threads(kernels.borders.pad_borders, _np(x), padding, mode, out.numpy())
+    return out
+
+
+class FoldBordersFunction(torch.autograd.Function):
+    """``(z (N, C, H + 2 ph, W + 2 pw), b, (ph, pw), mode) -> (N, C, H, W)``: every
+    padded element added onto its source, then the bias."""
+
+    @staticmethod
+    def forward(ctx, z, b, padding, mode):
+        ctx.padding, ctx.mode = padding, mode
+        return _fold_borders(z, b, padding, mode)
+
+    @staticmethod
+    def backward(ctx, gx):
+        gz = gb = None
+        if ctx.needs_input_grad[0]:
+            gz = PadBordersFunction.apply(gx, ctx.padding, ctx.mode)
+        if ctx.needs_input_grad[1]:
+            gb = gx.sum((0, 2, 3))
+        return gz, gb, None, None
+
+
+class PadBordersFunction(torch.autograd.Function):
+    """``(x (N, C, H, W), (ph, pw), mode) -> (N, C, H + 2 ph, W + 2 pw)``, as
+    ``F.pad(x, (pw, pw, ph, ph), mode)``: the adjoint of the fold."""
+
+    @staticmethod
+    def forward(ctx, x, padding, mode):
+        ctx.padding, ctx.mode = padding, mode
+        return _pad_borders(x, padding, mode)
+
+    @staticmethod
+    def backward(ctx, gz):
+        return FoldBordersFunction.apply(gz, None, ctx.padding, ctx.mode), None, None
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):

@@ -7,14 +7,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _autograd, _dispatch
+from . import _autograd, _dispatch, kernels
 
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 _NUMPY_DTYPES = {torch.float32: np.dtype("float32"), torch.float64: np.dtype("float64")}
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
-                     groups=1, dilation=1):
+                     groups=1, dilation=1, *, padding_mode="zeros"):
     r"""Applies a 2-D transposed convolution over an input image composed of
     several input planes; see :class:`fastconvt.ConvTranspose2d`.
 
@@ -49,18 +50,32 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         >>> fastconvt.conv_transpose2d(x, w, stride=2, padding=1).shape
         torch.Size([1, 1, 7, 7])
     """
+    check_padding_mode(padding_mode)
     if not _uses_kernels(input, weight, bias):
+        if padding_mode != "zeros":
+            return _fold_with_torch(input, weight, bias, stride, padding, output_padding,
+                                    groups, dilation, padding_mode)
         return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
     unbatched, input, geometry, out_hw = _prepare(input, weight, bias, stride, padding,
                                                   output_padding, groups, dilation)
+    if padding_mode != "zeros":
+        _check_foldable(padding_mode, geometry[1], (input.shape[0], weight.shape[1] * groups)
+                        + out_hw)
     if input.shape[0] == 0:
         out = _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
     else:
-        out = _apply_kernels(input, weight, bias, geometry, out_hw)
+        out = _apply_kernels(input, weight, bias, geometry, out_hw, padding_mode)
         if _is_channels_last(input) or _is_channels_last(weight):
             out = out.contiguous(memory_format=torch.channels_last)
     return out.squeeze(0) if unbatched else out
+
+
+def check_padding_mode(padding_mode):
+    """Raise torch's ``ValueError`` for a mode not in ``PADDING_MODES``."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {PADDING_MODES}, but got "
+                         f"padding_mode={padding_mode!r}")
 
 
 def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
@@ -116,17 +131,55 @@ def _geometry(input_shape, weight_shape, bias_shape, stride, padding, output_pad
 _cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
 
 
-def _apply_kernels(input, weight, bias, geometry, out_hw):
+def _apply_kernels(input, weight, bias, geometry, out_hw, padding_mode):
     if torch.compiler.is_compiling():
-        return _apply_kernels_eagerly(input, weight, bias, geometry, out_hw)
-    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw)
+        return _apply_kernels_eagerly(input, weight, bias, geometry, out_hw, padding_mode)
+    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode)
 
 
 @torch.compiler.disable
-def _apply_kernels_eagerly(input, weight, bias, geometry, out_hw):
+def _apply_kernels_eagerly(input, weight, bias, geometry, out_hw, padding_mode):
     """The kernels, opaque to ``torch.compile`` (a graph break: Dynamo cannot
     trace Numba, and would crash trying)."""
-    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw)
+    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode)
+
+
+def _check_foldable(mode, padding, out_shape):
+    """Raise what ``nn.Conv2d(padding_mode=mode)`` raises for an input of ``out_shape``
+    that it cannot pad by ``padding``."""
+    if mode == "circular" and any(p > n for p, n in zip(padding, out_shape[2:])):
+        raise RuntimeError("Padding value causes wrapping around more than once.")
+    if mode == "reflect":
+        for dim, argument in ((3, 4), (2, 6)):  # torch checks the width first
+            p = padding[dim - 2]
+            if p >= out_shape[dim]:
+                raise RuntimeError(
+                    f"Argument #{argument}: Padding size should be less than the corresponding "
+                    f"input dimension, but got: padding ({p}, {p}) at dimension {dim} of input "
+                    f"{list(out_shape)}")
+
+
+def _fold_with_torch(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                     mode):
+    """A non-zeros padding mode from torch operations, for inputs fastconvt's kernels
+    do not compute (other devices, ``__torch_function__`` subclasses): torch's
+    zeros-mode transposed convolution without padding, folded by ``index_add``."""
+    ph, pw = _pair("padding", padding)
+    if min(ph, pw) < 0:
+        raise RuntimeError("negative padding is not supported")
+    z = F.conv_transpose2d(input, weight, None, stride, 0, output_padding, groups, dilation)
+    h, w = z.shape[-2] - 2 * ph, z.shape[-1] - 2 * pw
+    if min(h, w) <= 0:
+        raise RuntimeError(f"Calculated output size per channel: ({h} x {w}). "
+                           "Output size is too small")
+    _check_foldable(mode, (ph, pw), (1, 1, h, w) if z.dim() == 3 else z.shape[:2] + (h, w))
+    for dim, n, p in ((-2, h, ph), (-1, w, pw)):
+        source = kernels.borders.source_indices(n, p, mode)
+        shape = z.shape[:dim] + (n,) + (z.shape[dim + 1:] if dim == -2 else ())
+        z = z.new_zeros(shape).index_add(dim, torch.as_tensor(source, device=z.device), z)
+    if bias is not None:
+        z = z + bias.reshape(-1, 1, 1)
+    return z
 
 
 def _empty_batch(input, weight, bias, out_shape):

@@ -5,10 +5,10 @@ Torch-free. Each family module (``direct``) exposes the same three entry points,
 (its weight adjoint), over C-contiguous float32/float64 arrays in NCHW layout.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import direct, gemm
+from . import borders, direct, gemm
 from ._config import num_threads
 
-__all__ = ["direct", "gemm", "FAMILIES", "num_threads", "warmup"]
+__all__ = ["borders", "direct", "gemm", "FAMILIES", "num_threads", "warmup"]
 
 # kernel families by name; each exposes conv_transpose2d, conv2d, weight_correlation
 FAMILIES = {"direct": direct, "gemm": gemm}
@@ -29,3 +29,8 @@ def warmup(dtypes=("float32", "float64")):
                 family.conv_transpose2d(x, w, None, *geometry, (4, 4), parallel=parallel)
                 family.conv2d(y, w, *geometry, (3, 3), parallel=parallel)
                 family.weight_correlation(x, y, *geometry, (2, 2), parallel=parallel)
+        for parallel in (False, True):
+            for mode in borders.MODES:
+                z = borders.pad_borders(x, (1, 1), mode, parallel=parallel)
+                borders.fold_borders(z, np.ones(2, dtype), (1, 1), mode, parallel=parallel)
+                borders.fold_borders(z, None, (1, 1), mode, parallel=parallel)

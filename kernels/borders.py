@@ -1,0 +1,122 @@
+"""Border kernels for the non-zero padding modes.
+
+``nn.Conv2d(padding_mode=m)`` pads its input ``x`` of shape ``(N, C, H, W)`` to
+``z`` of shape ``(N, C, H + 2 ph, W + 2 pw)`` by copying: padded row ``a`` is a
+copy of row ``source(a)`` (likewise columns), where ``source`` wraps around
+(circular), mirrors without repeating the edge (reflect) or clamps to the edge
+(replicate). ``pad_borders`` is that copy; ``fold_borders``, its adjoint, adds
+every padded element back onto the element it was copied from. The transposed
+convolution in mode ``m`` is ``fold_borders`` after a zeros-mode transposed
+convolution with no padding. One job per ``(n, c)`` plane.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._config import JIT, launch
+
+MODES = {"reflect": 0, "replicate": 1, "circular": 2}
+
+
+@njit(inline="always", **JIT)
+def _source(a, n, p, mode):
+    """The index in ``[0, n)`` that padded index ``a`` (in ``[0, n + 2p)``) copies;
+    reflect needs ``p < n``, circular ``p <= n``."""
+    i = a - p
+    if mode == 2:
+        return i % n
+    if mode == 1:
+        return min(max(i, 0), n - 1)
+    if i < 0:
+        return -i
+    return i if i < n else 2 * (n - 1) - i
+
+
+@njit(**JIT)
+def _fold_planes(z, bias, x, ph, pw, mode, job_lo, job_hi):
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    h_pad, w_pad = z.shape[2], z.shape[3]
+    for job in range(job_lo, job_hi):  # job -> plane x[n, ch]
+        n, ch = job // c, job % c
+        b = bias[ch] if bias.shape[0] > 0 else 0
+        for i in range(h):
+            for j in range(w):
+                x[n, ch, i, j] = z[n, ch, i + ph, j + pw] + b
+        for a in range(h_pad):
+            i = _source(a, h, ph, mode)
+            interior_row = ph <= a < ph + h  # its interior columns are added above
+            for col in range(w_pad):
+                if interior_row and pw <= col < pw + w:
+                    continue
+                x[n, ch, i, _source(col, w, pw, mode)] += z[n, ch, a, col]
+
+
+@njit(parallel=True, **JIT)
+def _fold_parallel(z, bias, x, ph, pw, mode, n_chunks):
+    n_jobs = x.shape[0] * x.shape[1]
+    for t in prange(n_chunks):
+        _fold_planes(z, bias, x, ph, pw, mode, t * n_jobs // n_chunks,
+                     (t + 1) * n_jobs // n_chunks)
+
+
+@njit(**JIT)
+def _pad_planes(x, z, ph, pw, mode, job_lo, job_hi):
+    c, h, w = x.shape[1], x.shape[2], x.shape[3]
+    h_pad, w_pad = z.shape[2], z.shape[3]
+    for job in range(job_lo, job_hi):  # job -> plane z[n, ch]
+        n, ch = job // c, job % c
+        for a in range(h_pad):
+            i = _source(a, h, ph, mode)
+            for col in range(pw):
+                z[n, ch, a, col] = x[n, ch, i, _source(col, w, pw, mode)]
+            for j in range(w):
+                z[n, ch, a, pw + j] = x[n, ch, i, j]
+            for col in range(pw + w, w_pad):
+                z[n, ch, a, col] = x[n, ch, i, _source(col, w, pw, mode)]
+
+
+@njit(parallel=True, **JIT)
+def _pad_parallel(x, z, ph, pw, mode, n_chunks):
+    n_jobs = x.shape[0] * x.shape[1]
+    for t in prange(n_chunks):
+        _pad_planes(x, z, ph, pw, mode, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+def _mode(mode, padding, hw):
+    if mode not in MODES:
+        raise ValueError(f"padding mode must be one of {tuple(MODES)}, got {mode!r}")
+    limit = {"reflect": 1, "replicate": None, "circular": 0}[mode]
+    if limit is not None and any(p > n - limit for p, n in zip(padding, hw)):
+        raise ValueError(f"{mode} padding {tuple(padding)} cannot fold onto size {tuple(hw)}")
+    return MODES[mode]
+
+
+def source_indices(n, p, mode):
+    """``(n + 2p,)`` int64: the source index of each padded index of an axis of length ``n``."""
+    _mode(mode, (p,), (n,))
+    return np.array([_source.py_func(a, n, p, MODES[mode]) for a in range(n + 2 * p)],
+                    np.int64)
+
+
+def fold_borders(z, bias, padding, mode, out=None, parallel=None):
+    """``(N, C, H + 2 ph, W + 2 pw) -> (N, C, H, W)``: the adjoint of ``pad_borders``
+    (each padded element added onto its source), plus ``bias`` ``(C,)`` or None."""
+    ph, pw = padding
+    shape = (z.shape[0], z.shape[1], z.shape[2] - 2 * ph, z.shape[3] - 2 * pw)
+    code = _mode(mode, padding, shape[2:])
+    bias = np.empty(0, z.dtype) if bias is None else bias
+    x = np.empty(shape, z.dtype) if out is None else out
+    launch(_fold_planes, _fold_parallel, (z, bias, x, ph, pw, code),
+           shape[0] * shape[1], z.size, parallel)
+    return x
+
+
+def pad_borders(x, padding, mode, out=None, parallel=None):
+    """``(N, C, H, W) -> (N, C, H + 2 ph, W + 2 pw)``, padded by copying as ``mode``
+    pads (``F.pad(x, (pw, pw, ph, ph), mode)``)."""
+    ph, pw = padding
+    code = _mode(mode, padding, x.shape[2:])
+    shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
+    z = np.empty(shape, x.dtype) if out is None else out
+    launch(_pad_planes, _pad_parallel, (x, z, ph, pw, code), shape[0] * shape[1], z.size,
+           parallel)
+    return z
