@@ -15,7 +15,17 @@ from . import _dispatch, kernels
 
 
 def _np(t):
-    return None if t is None else t.detach().contiguous().numpy()
+    """A NumPy view of ``t``'s values, NCHW-contiguous (conjugate and negative views
+    resolved)."""
+    return None if t is None else t.detach().resolve_conj().resolve_neg().contiguous().numpy()
+
+
+def _conj(t):
+    """Complex conjugate (differentiable); real tensors as they are. Each map is
+    bilinear without conjugation, so for complex tensors the gradient of one operand
+    (torch's convention: the adjoint applied to the output gradient) uses the
+    conjugate of the other."""
+    return t.conj_physical() if t.is_complex() else t
 
 
 def _on_torch_threads(call, *args):
@@ -132,11 +142,12 @@ class ConvTranspose2dFunction(torch.autograd.Function):
         x, w = ctx.saved_tensors
         gx = gw = gb = None
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not torch.is_grad_enabled():
-            gx, gw = _both_gradients(x, w, gy, ctx.geometry)  # no graph to record: fuse
+            # no graph to record: fuse
+            gx, gw = _both_gradients(_conj(x), _conj(w), gy, ctx.geometry)
         if ctx.needs_input_grad[0] and gx is None:
-            gx = Conv2dFunction.apply(gy, w, ctx.geometry, x.shape[2:])
+            gx = Conv2dFunction.apply(gy, _conj(w), ctx.geometry, x.shape[2:])
         if ctx.needs_input_grad[1] and gw is None:
-            gw = WeightCorrelationFunction.apply(x, gy, ctx.geometry, w.shape[2:])
+            gw = WeightCorrelationFunction.apply(_conj(x), gy, ctx.geometry, w.shape[2:])
         if ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None, None
@@ -157,9 +168,9 @@ class Conv2dFunction(torch.autograd.Function):
         y, w = ctx.saved_tensors
         gy = gw = None
         if ctx.needs_input_grad[0]:
-            gy = ConvTranspose2dFunction.apply(gx, w, None, ctx.geometry, y.shape[2:])
+            gy = ConvTranspose2dFunction.apply(gx, _conj(w), None, ctx.geometry, y.shape[2:])
         if ctx.needs_input_grad[1]:
-            gw = WeightCorrelationFunction.apply(gx, y, ctx.geometry, w.shape[2:])
+            gw = WeightCorrelationFunction.apply(gx, _conj(y), ctx.geometry, w.shape[2:])
         return gy, gw, None, None
 
 
@@ -179,7 +190,7 @@ class WeightCorrelationFunction(torch.autograd.Function):
         x, y = ctx.saved_tensors
         gx = gy = None
         if ctx.needs_input_grad[0]:
-            gx = Conv2dFunction.apply(y, gw, ctx.geometry, x.shape[2:])
+            gx = Conv2dFunction.apply(_conj(y), gw, ctx.geometry, x.shape[2:])
         if ctx.needs_input_grad[1]:
-            gy = ConvTranspose2dFunction.apply(x, gw, None, ctx.geometry, y.shape[2:])
+            gy = ConvTranspose2dFunction.apply(_conj(x), gw, None, ctx.geometry, y.shape[2:])
         return gx, gy, None, None

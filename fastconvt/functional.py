@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from . import _autograd, _dispatch, kernels
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
-_KERNEL_DTYPES = (torch.float32, torch.float64)
-_NUMPY_DTYPES = {torch.float32: np.dtype("float32"), torch.float64: np.dtype("float64")}
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+# computed in float32, returned in their own dtype
+_UPCAST_DTYPES = (torch.float16, torch.bfloat16)
+_NUMPY_DTYPES = {t: np.dtype(str(t).split(".")[1]) for t in _KERNEL_DTYPES}
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
@@ -28,6 +30,15 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             Defaults: 1, 0, 0, 1
         groups: split input into groups; :math:`C_{in}` must be divisible by it.
             Default: 1
+        padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``
+            (keyword only; torch has only ``'zeros'``). Mode ``m`` makes this the exact
+            adjoint of ``nn.Conv2d(padding_mode=m)`` with the same weight and geometry:
+            what ``'zeros'`` crops at the borders is folded back onto the pixels that
+            mode ``m`` copies into its padding (wrapped around, mirrored without
+            repeating the edge, or added onto the edge pixel). The output shape is the
+            ``'zeros'`` one; ``'reflect'`` needs ``padding`` smaller than the output
+            and ``'circular'`` no larger, and raises as ``nn.Conv2d`` does otherwise.
+            Default: ``'zeros'``
 
     Shape:
         Output: :math:`(N, C_{out}, H_{out}, W_{out})` or :math:`(C_{out}, H_{out}, W_{out})`
@@ -35,13 +46,16 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         + \text{dilation}[0] \times (kH - 1) + \text{output\_padding}[0] + 1`, likewise
         :math:`W_{out}`.
 
-    Differences from torch: none in results, gradients or memory format. float32
-    and float64 CPU tensors are computed by fastconvt's kernels; anything else
-    (other dtypes, other devices, mixed dtypes, ``__torch_function__`` subclasses)
-    is passed to :func:`torch.nn.functional.conv_transpose2d`. Errors have torch's
-    types; where torch is inconsistent, fastconvt always rejects: an output height
-    or width of 0 and ``dilation=0`` raise ``RuntimeError`` for every dtype and
-    batch size (torch's float32 path accepts some of them).
+    Differences from torch: none in results, gradients or memory format. CPU
+    tensors of one dtype are computed by fastconvt's kernels: float32, float64,
+    complex64 and complex128 in their own dtype, float16 and bfloat16 in float32
+    (rounded once to their dtype at the end). Other devices and
+    ``__torch_function__`` subclasses are passed to
+    :func:`torch.nn.functional.conv_transpose2d`, as are integer and mixed dtypes,
+    which torch rejects. Errors have torch's types; where torch is inconsistent,
+    fastconvt always rejects: an output height or width of 0 and ``dilation=0``
+    raise ``RuntimeError`` for every dtype and batch size (torch's float32 path
+    accepts some of them).
 
     Examples::
 
@@ -52,6 +66,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     """
     check_padding_mode(padding_mode)
     if not _uses_kernels(input, weight, bias):
+        if _uses_kernels(input, weight, bias, _UPCAST_DTYPES):
+            up = lambda t: None if t is None else t.float()  # noqa: E731
+            return conv_transpose2d(up(input), up(weight), up(bias), stride, padding,
+                                    output_padding, groups, dilation,
+                                    padding_mode=padding_mode).to(input.dtype)
         if padding_mode != "zeros":
             return _fold_with_torch(input, weight, bias, stride, padding, output_padding,
                                     groups, dilation, padding_mode)
@@ -83,6 +102,8 @@ def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1
     or ``"torch"`` where fastconvt delegates. Arguments as in :func:`conv_transpose2d`
     (``bias`` does not matter); raises as it would. Under ``set_autotune(True)`` a
     configuration not yet timed reports the rule's choice."""
+    if _uses_kernels(input, weight, None, _UPCAST_DTYPES):
+        input, weight = input.float(), weight.float()
     if not _uses_kernels(input, weight, None):
         return "torch"
     _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
@@ -192,15 +213,16 @@ def _empty_batch(input, weight, bias, out_shape):
     return out.view(out_shape)
 
 
-def _uses_kernels(input, weight, bias):
-    """Whether fastconvt's kernels compute this call (else torch does)."""
+def _uses_kernels(input, weight, bias, dtypes=_KERNEL_DTYPES):
+    """Whether fastconvt's kernels compute this call in its own dtype, one of
+    ``dtypes`` (else torch does)."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if not all(isinstance(t, torch.Tensor) for t in tensors):
         return False
     if torch.overrides.has_torch_function(tensors):
         return False
     return all(t.device.type == "cpu" and t.layout == torch.strided
-               and t.dtype == input.dtype for t in tensors) and input.dtype in _KERNEL_DTYPES
+               and t.dtype == input.dtype for t in tensors) and input.dtype in dtypes
 
 
 def _int(name, value, what="int"):

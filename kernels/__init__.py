@@ -2,7 +2,8 @@
 
 Torch-free. Each family module (``direct``) exposes the same three entry points,
 ``conv_transpose2d``, ``conv2d`` (its input adjoint) and ``weight_correlation``
-(its weight adjoint), over C-contiguous float32/float64 arrays in NCHW layout.
+(its weight adjoint), over C-contiguous float32, float64, complex64 or complex128 arrays in NCHW
+layout. ``borders`` folds and pads the borders of the non-zero padding modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
 from . import borders, direct, gemm

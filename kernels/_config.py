@@ -19,7 +19,7 @@ import numba
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 CACHE = os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0")
 JIT = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
-FLOAT_DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "complex64", "complex128")
 # Below this many multiply-adds a parallel region costs more than it saves.
 PARALLEL_MIN_WORK = 1 << 16
 # prange splits the jobs into this many contiguous ranges per thread (load balance)

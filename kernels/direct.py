@@ -19,14 +19,14 @@ Each job owns one output row (or one weight slice), so jobs run in parallel
 with no write conflicts and no reductions across threads: ``_*_rows`` /
 ``_*_slices`` compute a range of jobs serially, ``_*_parallel`` spreads all
 jobs over ``prange`` in ``n_chunks`` contiguous ranges. Arrays are C-contiguous
-float32 or float64, all of one dtype; sizes of ``H_out``/``W_out`` and
-``H_in``/``W_in`` are taken from the arrays, so any output size works (taps that
-land outside it are dropped).
+float32, float64, complex64 or complex128, all of one dtype; sizes of
+``H_out``/``W_out`` and ``H_in``/``W_in`` are taken from the arrays, so any output
+size works (taps that land outside it are dropped).
 """
 import numpy as np
 from numba import njit, prange, uint64
 
-from ._config import FLOAT_DTYPES, JIT, launch
+from ._config import DTYPES, JIT, launch
 
 
 @njit(inline="always", **JIT)
@@ -163,14 +163,14 @@ def _weight_correlation_parallel(x, y, w, sh, sw, ph, pw, dh, dw, groups, n_chun
                                    t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
-_FLOAT_DTYPES = tuple(np.dtype(d) for d in FLOAT_DTYPES)
+_DTYPES = tuple(np.dtype(d) for d in DTYPES)
 
 
 def _check(name, *arrays):
     dtype = arrays[0].dtype
     for a in arrays:
-        if a.dtype != dtype or dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{name}: arrays must share one dtype among {FLOAT_DTYPES}, got "
+        if a.dtype != dtype or dtype not in _DTYPES:
+            raise TypeError(f"{name}: arrays must share one dtype among {DTYPES}, got "
                             + ", ".join(str(b.dtype) for b in arrays))
         if not a.flags.c_contiguous:
             raise ValueError(f"{name}: arrays must be C-contiguous")

@@ -23,7 +23,8 @@ def test_rule_picks_gemm_for_channel_heavy_and_direct_for_depthwise():
 
 
 def test_select_family_reports_torch_for_delegated_inputs():
-    x, w = _tensors(1, 8, 8, 1, 4, 3, dtype=torch.float16)
+    x, w = _tensors(1, 8, 8, 1, 4, 3, dtype=torch.float64)
+    x, w = x.long(), w.long()
     assert fastconvt.select_family(x, w) == "torch"
     with pytest.raises(RuntimeError, match="channels"):
         fastconvt.select_family(*_tensors(1, 8, 8, 1, 4, 3)[:1], _tensors(1, 4, 8, 1, 4, 3)[1])

@@ -465,61 +465,6 @@ def _outcome(fn):
         return None, e
 
 
-DELEGATED_DTYPES = [torch.float16, torch.bfloat16, torch.complex64, torch.complex128]
-
-
-@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("dt", DELEGATED_DTYPES, ids=_dtype_id)
-def test_delegated_dtypes_equal_torch_exactly(dt, with_bias):
-    # torch 2.13's CPU computes float16 and bfloat16 (and complex) conv_transpose2d;
-    # should that change, fastconvt must raise exactly torch's exception type.
-    torch.manual_seed(0)
-    x = torch.randn(2, 4, 5, 3, dtype=torch.float64).to(dt)
-    w = torch.randn(4, 3, 3, 2, dtype=torch.float64).to(dt)
-    b = torch.randn(6, dtype=torch.float64).to(dt) if with_bias else None
-    kw = dict(stride=(2, 1), padding=(1, 0), output_padding=(1, 0), groups=2, dilation=(1, 2))
-    expected, expected_exc = _outcome(lambda: F.conv_transpose2d(x, w, b, **kw))
-    actual, actual_exc = _outcome(lambda: fastconvt.conv_transpose2d(x, w, b, **kw))
-    if expected_exc is not None:
-        assert type(actual_exc) is type(expected_exc)
-        return
-    assert actual_exc is None, actual_exc
-    assert actual.dtype == expected.dtype == dt
-    assert torch.equal(actual, expected)
-
-    # and through the module
-    cfg = dict(in_channels=4, out_channels=6, kernel_size=(3, 2), bias=with_bias, **kw)
-    fm = fastconvt.ConvTranspose2d(**cfg)
-    tm = nn.ConvTranspose2d(**cfg)
-    fm.weight = nn.Parameter(w.clone())
-    tm.weight = nn.Parameter(w.clone())
-    if with_bias:
-        fm.bias = nn.Parameter(b.clone())
-        tm.bias = nn.Parameter(b.clone())
-    with torch.no_grad():
-        expected, expected_exc = _outcome(lambda: tm(x, output_size=(10, 5)))
-        actual, actual_exc = _outcome(lambda: fm(x, output_size=(10, 5)))
-    assert not isinstance(expected_exc, ValueError), expected_exc  # a valid output_size
-    assert type(actual_exc) is type(expected_exc)
-    if expected_exc is None:
-        assert torch.equal(actual, expected)
-
-
-def test_module_in_half_precision_equals_torch():
-    for dt in (torch.float16, torch.bfloat16):
-        torch.manual_seed(0)
-        fm = fastconvt.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dtype=dt)
-        tm = nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dtype=dt)
-        tm.load_state_dict(fm.state_dict())
-        x = torch.randn(2, 3, 4, 4, dtype=dt)
-        with torch.no_grad():
-            expected, expected_exc = _outcome(lambda: tm(x))
-            actual, actual_exc = _outcome(lambda: fm(x))
-        assert type(actual_exc) is type(expected_exc)
-        if expected_exc is None:
-            assert actual.dtype == dt and torch.equal(actual, expected)
-
-
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
 def test_int64_equals_torch_exactly(with_bias):
     torch.manual_seed(0)
