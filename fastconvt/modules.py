@@ -1,7 +1,8 @@
 """``fastconvt.ConvTranspose2d``: torch's module, computed by fastconvt's kernels."""
 import torch
 
-from .functional import conv_transpose2d
+from . import sizes
+from .functional import check_padding_mode, conv_transpose2d
 
 
 class ConvTranspose2d(torch.nn.ConvTranspose2d):
@@ -18,7 +19,8 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         stride (int or tuple, default 1), padding (int or tuple, default 0),
         output_padding (int or tuple, default 0), groups (int, default 1),
         bias (bool, default True), dilation (int or tuple, default 1),
-        padding_mode (str, default 'zeros'; torch accepts only 'zeros'),
+        padding_mode (str, default 'zeros'): 'zeros', 'reflect', 'replicate' or
+            'circular'; see :func:`fastconvt.conv_transpose2d` (torch accepts only 'zeros'),
         device, dtype: exactly as in :class:`torch.nn.ConvTranspose2d`.
 
     Shape:
@@ -40,13 +42,23 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         torch.Size([1, 3, 8, 8])
     """
 
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None):
+        check_padding_mode(padding_mode)
+        # torch's constructor accepts only 'zeros'; build with it, then set the mode
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
+                         groups, bias, dilation, "zeros", device=device, dtype=dtype)
+        self.padding_mode = padding_mode
+
     def forward(self, input, output_size=None):
-        if self.padding_mode != "zeros":
-            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
-        output_padding = self._output_padding(
-            input, output_size, self.stride, self.padding, self.kernel_size, 2, self.dilation)
+        output_padding = sizes._output_padding(
+            input, output_size, self.stride, self.padding, self.kernel_size, self.dilation)
+        if output_padding is None:
+            output_padding = self.output_padding
         return conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding,
-                                output_padding, self.groups, self.dilation)
+                                output_padding, self.groups, self.dilation,
+                                padding_mode=self.padding_mode)
 
 
 def convert(module):

@@ -1,0 +1,85 @@
+"""``python -m fastconvt size ...``: a transposed convolution's output size, or
+the ``output_padding`` that reaches a target size, with the arithmetic."""
+import argparse
+import sys
+
+from . import sizes
+
+_DESCRIPTION = """\
+Print a ConvTranspose2d's output size, per dimension, with the arithmetic
+
+    out = (in - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+
+or, given --target, the output_padding (0 <= output_padding < max(stride, dilation))
+that reaches that size. Each value is an int or an H,W pair such as 4,6."""
+
+_EXAMPLES = """\
+examples:
+  python -m fastconvt size --input 4 --kernel 3 --stride 2 --padding 1 --output-padding 1
+  python -m fastconvt size --input 4,6 --kernel 3 --stride 2 --padding 1 --target 8,12"""
+
+
+def main(argv=None):
+    """Run the command line; return 0 (argparse exits with status 2 on an error)."""
+    parser = argparse.ArgumentParser(prog="python -m fastconvt",
+                                     description="fastconvt's command-line tools.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    size = commands.add_parser(
+        "size", help="output size of a ConvTranspose2d, or the output_padding for a target",
+        description=_DESCRIPTION, epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    size.add_argument("--input", required=True, type=_size, metavar="N",
+                      help="input height and width")
+    size.add_argument("--kernel", required=True, type=_size, metavar="N", help="kernel size")
+    size.add_argument("--stride", type=_size, default=1, metavar="N", help="default: 1")
+    size.add_argument("--padding", type=_size, default=0, metavar="N", help="default: 0")
+    size.add_argument("--dilation", type=_size, default=1, metavar="N", help="default: 1")
+    wanted = size.add_mutually_exclusive_group()
+    wanted.add_argument("--output-padding", type=_size, metavar="N",
+                        help="must be smaller than stride or dilation; default: 0")
+    wanted.add_argument("--target", type=_size, metavar="N",
+                        help="solve for the output_padding that gives this output size")
+    args = parser.parse_args(argv)
+    try:
+        if args.target is None:
+            output_padding = 0 if args.output_padding is None else args.output_padding
+            sizes.output_size(args.input, args.kernel, args.stride, args.padding,
+                              output_padding, args.dilation)
+        else:
+            output_padding = sizes.output_padding_for(args.input, args.target, args.kernel,
+                                                      args.stride, args.padding, args.dilation)
+            print(f"output_padding = {_show(output_padding)}")
+    except (TypeError, ValueError) as error:
+        size.error(str(error))
+    _print_arithmetic(args.input, args.kernel, args.stride, args.padding, output_padding,
+                      args.dilation)
+    return 0
+
+
+def _size(text):
+    """``"4"`` as 4, ``"4,6"`` as (4, 6)."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected an int or an H,W pair of ints, got {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def _print_arithmetic(*args):
+    pairs = [v if isinstance(v, tuple) else (v, v) for v in args]
+    labelled = any(isinstance(v, tuple) for v in args)
+    for dim, (i, k, s, p, op, d) in zip("HW", zip(*pairs)):
+        label = f"{dim}: " if labelled else ""
+        print(f"{label}{sizes._formula(i, k, s, p, op, d)} = {sizes._size(i, k, s, p, op, d)}")
+        if not labelled:
+            break
+
+
+def _show(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
