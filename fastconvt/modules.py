@@ -31,7 +31,9 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
           + \text{output\_padding}[0] + 1`, likewise :math:`W_{out}`.
 
     Differences from torch: none in results; see :func:`fastconvt.conv_transpose2d`
-    for which inputs fastconvt's kernels compute.
+    for which inputs fastconvt's kernels compute. Beyond torch: the padding modes,
+    and ``output_size`` values that need ``stride <= output_padding < dilation``
+    (torch's ``forward`` rejects them although its layer computes them).
 
     Examples::
 
