@@ -2,6 +2,12 @@
 
 Each :class:`Layer` holds a name, the batch size, the input's height and width and
 the ``nn.ConvTranspose2d`` arguments. ``LAYERS`` maps names to layers, in table order.
+
+A layer with ``padding_mode="circular"`` (periodic boundaries) is fastconvt's
+``ConvTranspose2d(padding_mode="circular")``, the adjoint of ``nn.Conv2d`` with circular
+padding; torch's ConvTranspose2d accepts only "zeros", so the benchmark's torch side for it
+is torch's best equivalent, a zeros-mode transposed convolution with ``padding=0`` whose
+border rows and columns are then folded back by hand (``test_layers.py``).
 """
 from typing import NamedTuple
 
@@ -21,6 +27,7 @@ class Layer(NamedTuple):
     output_padding: int = 0
     groups: int = 1
     dilation: int = 1
+    padding_mode: str = "zeros"
 
     @property
     def input_shape(self):
@@ -34,14 +41,15 @@ class Layer(NamedTuple):
         return (self.batch, self.out_channels, size(self.height), size(self.width))
 
     def conv_args(self):
-        """Keyword arguments of ``nn.ConvTranspose2d`` (bias included)."""
+        """Keyword arguments of ``nn.ConvTranspose2d`` (bias and padding_mode included)."""
         return dict(in_channels=self.in_channels, out_channels=self.out_channels,
                     kernel_size=self.kernel_size, stride=self.stride, padding=self.padding,
                     output_padding=self.output_padding, groups=self.groups,
-                    dilation=self.dilation, bias=True)
+                    dilation=self.dilation, bias=True, padding_mode=self.padding_mode)
 
     def functional_args(self):
-        """``stride`` ... ``dilation`` as keywords of ``F.conv_transpose2d``."""
+        """``stride`` ... ``dilation`` as keywords of ``F.conv_transpose2d`` (the geometry;
+        not ``padding_mode``, which torch's functional does not take)."""
         return dict(stride=self.stride, padding=self.padding,
                     output_padding=self.output_padding, groups=self.groups,
                     dilation=self.dilation)
@@ -69,6 +77,10 @@ _LAYERS = [
     Layer("dilated-32to32-k3s2d2-32x32-b4", 4, 32, 32, 32, 32, 3, 2, 1,
           output_padding=1, dilation=2),
     Layer("autoencoder-16to8-k3s2-14x14-b32", 32, 16, 8, 14, 14, 3, 2, 1, output_padding=1),
+    # Periodic boundaries (lattice field theory, PDE surrogates on a torus): a decoder's 2x
+    # upsampling from a 32x32 to a 64x64 periodic lattice, the adjoint of a circular Conv2d.
+    Layer("circular-64to32-k4s2p1-32x32-b8", 8, 64, 32, 32, 32, 4, 2, 1,
+          padding_mode="circular"),
     # The article's example: tiny, all overhead.
     Layer("article-1to1-k3s2-4x4", 1, 1, 1, 4, 4, 3, 2, 1),
 ]
@@ -78,7 +90,9 @@ LAYERS = {layer.name: layer for layer in _LAYERS}
 def flops(layer, mode="forward"):
     """2 x the useful multiply-adds of one pass (none by inserted zeros):
     N * C_in * (C_out / groups) * kH * kW * H_in * W_in for a forward,
-    3x that for a forward+backward (grad_input and grad_weight cost one forward each)."""
+    3x that for a forward+backward (grad_input and grad_weight cost one forward each).
+    A circular layer counts the same as the zeros-mode layer of its shape: its border
+    fold is additions only."""
     if isinstance(layer, str):
         layer = LAYERS[layer]
     forward = (2 * layer.batch * layer.in_channels * (layer.out_channels // layer.groups)

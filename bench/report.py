@@ -5,6 +5,9 @@ Speed-up is torch's median time over fastconvt's, both measured in the same proc
 GFLOP/s counts useful multiply-adds only (``layers.flops``) and "% peak" relates them
 to a large torch.matmul of the same dtype measured in the same run (its best round).
 A "!" after a speed-up marks a row timed while other processes used over 10% of the CPUs.
+A circular layer's torch column is torch's best equivalent (torch's ConvTranspose2d has no
+circular mode): a zeros-mode transposed convolution with padding 0, its borders folded back
+by hand; its GFLOP/s count the same multiply-adds as a zeros-mode layer of its shape.
 """
 import json
 import math
@@ -101,6 +104,14 @@ def _preamble(results, summary):
                      + ", ".join(f"{dtype} {value:.1f} GFLOP/s" for dtype, value in peak.items())
                      + (" (!: measured while the machine was busy)" if summary["busy_peak"]
                         else ""))
+    folded = list(dict.fromkeys(row["layer"] for rows in summary["tables"].values()
+                                for row in rows if LAYERS[row["layer"]].padding_mode == "circular"))
+    if folded:
+        lines.append(f"torch for {', '.join(folded)}: torch's ConvTranspose2d has no circular "
+                     "padding_mode, so its column times F.conv_transpose2d with padding=0 plus "
+                     "a hand-written circular fold of the borders and the bias (bench/"
+                     "test_layers.py: TorchCircularConvTranspose2d, checked against the adjoint "
+                     "of nn.Conv2d(padding_mode='circular'))")
     compile_s = results.get("fastconvt_compile_seconds")
     if compile_s:
         def fmt(value):
@@ -140,9 +151,15 @@ def _with_ort(rows):
     return any(row["onnxruntime"] is not None for row in rows)
 
 
+def _wrap(lines):
+    return [wrapped for line in lines
+            for wrapped in textwrap.wrap(line, 100, subsequent_indent="    ",
+                                         break_on_hyphens=False)]
+
+
 def text(results, summary):
     """The report as plain text (what ``python -m bench`` prints)."""
-    out = _preamble(results, summary)
+    out = _wrap(_preamble(results, summary))
     for (dtype, mode), rows in summary["tables"].items():
         with_ort = _with_ort(rows)
         header = COLUMNS if with_ort else COLUMNS[:-1]
@@ -152,9 +169,7 @@ def text(results, summary):
         for line in [header] + body:
             out.append("  ".join(cell.ljust(width) if i in (0, 6) else cell.rjust(width)
                                  for i, (cell, width) in enumerate(zip(line, widths))).rstrip())
-    out.append("")
-    for line in _epilogue(results, summary):
-        out += textwrap.wrap(line, 100, subsequent_indent="    ", break_on_hyphens=False)
+    out += [""] + _wrap(_epilogue(results, summary))
     return "\n".join(out)
 
 

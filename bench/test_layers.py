@@ -2,6 +2,10 @@
 installed), one group per layer, mode and dtype, plus a large matmul as the
 machine's reference peak. Run through ``python -m bench`` (the README's main command).
 
+torch's ConvTranspose2d has only padding_mode "zeros"; for a circular layer the torch side
+is :class:`TorchCircularConvTranspose2d`, torch's best equivalent, which
+``test_circular_baseline`` checks against the adjoint of ``nn.Conv2d(padding_mode="circular")``.
+
 Timing: each callable is called once untimed (twice when that call is under 50 ms)
 after the session fixture has compiled the kernels, then timed for pytest-benchmark's
 usual number of rounds: enough to fill ``--benchmark-max-time`` (estimated from the
@@ -17,14 +21,79 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastconvt
 from layers import LAYERS, MODES, flops
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-IMPLS = {"torch": torch.nn.ConvTranspose2d, "fastconvt": fastconvt.ConvTranspose2d}
 MATMUL_MKN = (2048, 1024, 2048)
 ONNX_THREADS = 2
+CIRCULAR = [name for name, layer in LAYERS.items() if layer.padding_mode == "circular"]
+
+
+def _bands(pad, size):
+    """(rows of the padded axis, rows of the output they add onto) for a circular fold
+    of ``pad`` rows on each side onto ``size`` rows: the middle, the top, the bottom."""
+    return [(slice(pad, pad + size), slice(0, size)), (slice(0, pad), slice(size - pad, size)),
+            (slice(pad + size, None), slice(0, pad))]
+
+
+class _CircularFold(torch.autograd.Function):
+    """(N, C, H + 2 pH, W + 2 pW) -> (N, C, H, W): out[..., i, j] sums z[..., i', j'] over
+    i' - pH = i (mod H) and j' - pW = j (mod W), plus the bias once. Forward: the middle plus the bias in one pass, then the eight border strips
+    added in place. Backward: its adjoint, torch's circular pad of the gradient (autograd
+    through in-place slice adds would copy the whole gradient once per strip)."""
+
+    @staticmethod
+    def forward(ctx, z, bias, padding):
+        pad_h, pad_w = padding
+        ctx.padding = padding
+        height, width = z.shape[-2] - 2 * pad_h, z.shape[-1] - 2 * pad_w
+        middle = z[..., pad_h:pad_h + height, pad_w:pad_w + width]
+        out = middle.clone() if bias is None else middle + bias.view(-1, 1, 1)
+        for i, (z_rows, rows) in enumerate(_bands(pad_h, height)):
+            for j, (z_cols, cols) in enumerate(_bands(pad_w, width)):
+                if i or j:
+                    out[..., rows, cols] += z[..., z_rows, z_cols]
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        pad_h, pad_w = ctx.padding
+        grad_z = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_z = F.pad(grad, (pad_w, pad_w, pad_h, pad_h), mode="circular")
+        if ctx.needs_input_grad[1]:
+            grad_bias = grad.sum((0, 2, 3))
+        return grad_z, grad_bias, None
+
+
+class TorchCircularConvTranspose2d(torch.nn.ConvTranspose2d):
+    """torch's best equivalent of a circular ConvTranspose2d (which torch rejects): the
+    zeros-mode transposed convolution with ``padding=0`` (an output 2 x padding larger),
+    then the border rows and columns folded back circularly, and the bias added once.
+    Same parameters and initialisation as ``nn.ConvTranspose2d``; batched input; each
+    padding at most the output's size."""
+
+    def __init__(self, *args, padding_mode="circular", **kwargs):
+        super().__init__(*args, padding_mode="zeros", **kwargs)
+        self.padding_mode = padding_mode
+
+    def forward(self, input):
+        z = F.conv_transpose2d(input, self.weight, None, self.stride, 0, self.output_padding,
+                               self.groups, self.dilation)
+        return _CircularFold.apply(z, self.bias, self.padding)
+
+
+def _torch_module(padding_mode="zeros", **kwargs):
+    """torch's ConvTranspose2d, or its best equivalent for a padding mode it lacks."""
+    if padding_mode == "circular":
+        return TorchCircularConvTranspose2d(padding_mode=padding_mode, **kwargs)
+    return torch.nn.ConvTranspose2d(padding_mode=padding_mode, **kwargs)
+
+
+IMPLS = {"torch": _torch_module, "fastconvt": fastconvt.ConvTranspose2d}
 
 
 def _busy_seconds():
@@ -74,8 +143,11 @@ def _family(layer, x, weight, forced):
     select = getattr(fastconvt, "select_family", None)
     if select is None:
         return "-"
+    args = layer.functional_args()
+    if layer.padding_mode != "zeros":
+        args["padding"] = 0  # fastconvt computes these unpadded, then folds the borders
     try:
-        return str(select(x.detach(), weight.detach(), **layer.functional_args()))
+        return str(select(x.detach(), weight.detach(), **args))
     except Exception as error:  # noqa: BLE001 - the report shows it, the timing goes on
         return f"error: {type(error).__name__}"
 
@@ -125,6 +197,34 @@ def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, i
         _time(benchmark, pytestconfig, step)
 
 
+@pytest.mark.parametrize("layer", CIRCULAR)
+def test_circular_baseline(layer):
+    """The torch side of a circular layer computes the adjoint of torch's own
+    ``nn.Conv2d(padding_mode="circular")`` (its input gradient) plus the bias, and the same
+    gradients for input, weight and bias: float64, the layer's shape."""
+    spec = LAYERS[layer]
+    torch.manual_seed(0)
+    module = TorchCircularConvTranspose2d(**spec.conv_args(), dtype=torch.float64)
+    conv = torch.nn.Conv2d(spec.out_channels, spec.in_channels, spec.kernel_size, spec.stride,
+                           spec.padding, spec.dilation, spec.groups, bias=False,
+                           padding_mode="circular", dtype=torch.float64)
+    x = torch.randn(spec.input_shape, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(spec.output_shape, dtype=torch.float64)
+    params = (x, module.weight, module.bias)
+
+    y = torch.zeros(spec.output_shape, dtype=torch.float64, requires_grad=True)
+    conv_y = torch.func.functional_call(conv, {"weight": module.weight}, (y,))
+    assert conv_y.shape == x.shape
+    adjoint, = torch.autograd.grad(conv_y, y, x, create_graph=True)
+    expected = adjoint + module.bias.view(-1, 1, 1)
+    expected_grads = torch.autograd.grad(expected, params, grad)
+
+    out = module(x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(out, params, grad), expected_grads):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
 def _onnx_session(module, x):
     """An ONNX Runtime session running ``module`` exported to ONNX (in memory)."""
     import onnxruntime
@@ -155,6 +255,12 @@ def _onnx_session(module, x):
 def test_onnxruntime(benchmark, pytestconfig, notes, layer):
     """ONNX Runtime's ConvTranspose, float32 forward only (its CPU kernel has no float64)."""
     spec = LAYERS[layer]
+    if spec.padding_mode != "zeros":
+        reason = (f"padding_mode={spec.padding_mode!r}: ONNX's ConvTranspose pads with zeros "
+                  "only (and the TorchScript exporter mistranslates the torch side's in-place "
+                  "border fold)")
+        notes["onnx_skipped"][layer] = reason
+        pytest.skip(f"ONNX Runtime: {reason}")
     torch.manual_seed(0)
     module = torch.nn.ConvTranspose2d(**spec.conv_args()).eval()
     x = torch.randn(spec.input_shape)
