@@ -68,6 +68,14 @@ def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros"):
     A non-zeros ``padding_mode`` computes ``T`` without padding, then folds the
     borders back in (the adjoint of ``nn.Conv2d``'s padding in that mode)."""
     stride, padding, dilation, groups = geometry
+    if padding_mode == "circular" and any(padding):
+        wrap = _periodic_input_padding(x.shape[2:], w.shape[2:], geometry, out_hw)
+        if wrap is not None:
+            # the output is periodic in the input: pad the (smaller) input instead
+            x = (PadBordersFunction.apply(x, wrap, "circular") if _needs_graph(x)
+                 else _pad_borders(x, wrap, "circular"))
+            padding = tuple(p + q * s for p, q, s in zip(padding, wrap, stride))
+            return conv_transpose2d(x, w, b, (stride, padding, dilation, groups), out_hw)
     if padding_mode != "zeros" and any(padding):
         full_hw = (out_hw[0] + 2 * padding[0], out_hw[1] + 2 * padding[1])
         z = conv_transpose2d(x, w, None, (stride, (0, 0), dilation, groups), full_hw)
@@ -78,6 +86,31 @@ def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros"):
         return ConvTranspose2dFunction.apply(x, w, b, geometry, out_hw)
     shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
     return _compute("conv_transpose2d", shape, (x, w, b), geometry, out_hw)
+
+
+def _periodic_input_padding(in_hw, kernel_hw, geometry, out_hw):
+    """Circular padding ``(qh, qw)`` of the input that makes the circular mode a
+    zeros-mode transposed convolution with padding ``p + q * s``, or None.
+
+    Where the output is ``s`` times the input (``H_out = H_in * s``), shifting the
+    input by ``H_in`` shifts every contribution by exactly ``H_out``: the wrapped
+    contributions are those of the input's circular extension. An input row
+    ``i`` and tap ``k`` land at ``v = i * s - p + k * d`` in ``[-p, H_out + p)``,
+    which wraps from above for ``i < p / s`` and from below for
+    ``i >= H_in - ((kH - 1) * d - p) / s``; ``q`` rows on each side cover both, and
+    any further rows land outside the output.
+    """
+    stride, padding, dilation, _ = geometry
+    wrap = []
+    for n_in, k, s, p, d, n_out in zip(in_hw, kernel_hw, stride, padding, dilation, out_hw):
+        if p == 0:
+            wrap.append(0)
+            continue
+        q = max(-(-p // s), -(-((k - 1) * d - p) // s))
+        if n_out != n_in * s or q > n_in:
+            return None
+        wrap.append(q)
+    return tuple(wrap)
 
 
 def _fold_borders(z, b, padding, mode):

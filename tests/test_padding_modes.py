@@ -18,6 +18,7 @@ from hypothesis import given, settings, strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
+from fastconvt import _autograd
 from conftest import DTYPES, RTOL, assert_close, reference
 
 MODES = ("zeros", "reflect", "replicate", "circular")
@@ -189,6 +190,8 @@ CASES = {
     "unbatched": ((2, 3, 2), 2, 1, 3, 2, 1, 0, 1, True),
     "padding-equals-output": ((1, 1, 2, 2), 2, 1, 5, 1, 2, 0, 1, True),
     "padding-beyond-output": ((1, 1, 1, 2), 1, 1, (7, 3), 1, (3, 1), 0, 1, True),
+    # output = stride x input: circular pads the input instead of folding the output
+    "periodic": ((2, 2, 3, 4), 4, 2, (4, 3), 2, (1, 2), (0, 1), (1, 2), True),
 }
 
 
@@ -309,6 +312,17 @@ def test_matches_manual_fold(name, mode, family):
     with fastconvt.use_family(family):
         out = fastconvt.conv_transpose2d(y, weight, bias, **kw, padding_mode=mode)
     assert_close(out, expected)
+
+
+def test_periodic_case_pads_the_input():
+    """The "periodic" case takes the circular mode's input-padding path (its
+    values are checked with every other case)."""
+    (y, weight, _), kw = _case("periodic")
+    out_hw = _out_hw(y.shape[-2:], weight.shape[2:], kw)
+    geometry = tuple(_pair(kw[k]) for k in ("stride", "padding", "dilation")) + (kw["groups"],)
+    assert out_hw == tuple(n * s for n, s in zip(y.shape[-2:], geometry[0]))
+    assert _autograd._periodic_input_padding(y.shape[-2:], weight.shape[2:], geometry,
+                                             out_hw) is not None
 
 
 class _Tagged(torch.Tensor):
