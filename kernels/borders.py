@@ -10,7 +10,7 @@ convolution in mode ``m`` is ``fold_borders`` after a zeros-mode transposed
 convolution with no padding. One job per ``(n, c)`` plane.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, uint64
 
 from ._config import JIT, launch
 
@@ -38,16 +38,21 @@ def _fold_planes(z, bias, x, ph, pw, mode, job_lo, job_hi):
     for job in range(job_lo, job_hi):  # job -> plane x[n, ch]
         n, ch = job // c, job % c
         b = bias[ch] if bias.shape[0] > 0 else 0
+        # unsigned indices: no negative-index wraparound, so the copy vectorises
+        zw, m = uint64(pw), uint64(w)
         for i in range(h):
-            for j in range(w):
-                x[n, ch, i, j] = z[n, ch, i + ph, j + pw] + b
+            for j in range(m):
+                x[n, ch, i, j] = z[n, ch, i + ph, zw + j] + b
         for a in range(h_pad):
             i = _source(a, h, ph, mode)
-            interior_row = ph <= a < ph + h  # its interior columns are added above
-            for col in range(w_pad):
-                if interior_row and pw <= col < pw + w:
-                    continue
-                x[n, ch, i, _source(col, w, pw, mode)] += z[n, ch, a, col]
+            if ph <= a < ph + h:  # an interior row: only its border columns are left
+                for col in range(pw):
+                    x[n, ch, i, _source(col, w, pw, mode)] += z[n, ch, a, col]
+                for col in range(pw + w, w_pad):
+                    x[n, ch, i, _source(col, w, pw, mode)] += z[n, ch, a, col]
+            else:
+                for col in range(w_pad):
+                    x[n, ch, i, _source(col, w, pw, mode)] += z[n, ch, a, col]
 
 
 @njit(parallel=True, **JIT)
@@ -68,8 +73,8 @@ def _pad_planes(x, z, ph, pw, mode, job_lo, job_hi):
             i = _source(a, h, ph, mode)
             for col in range(pw):
                 z[n, ch, a, col] = x[n, ch, i, _source(col, w, pw, mode)]
-            for j in range(w):
-                z[n, ch, a, pw + j] = x[n, ch, i, j]
+            for j in range(uint64(w)):
+                z[n, ch, a, uint64(pw) + j] = x[n, ch, i, j]
             for col in range(pw + w, w_pad):
                 z[n, ch, a, col] = x[n, ch, i, _source(col, w, pw, mode)]
 
