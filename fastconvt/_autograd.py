@@ -17,7 +17,13 @@ from . import _dispatch, kernels
 def _np(t):
     """A NumPy view of ``t``'s values, NCHW-contiguous (conjugate and negative views
     resolved)."""
-    return None if t is None else t.detach().resolve_conj().resolve_neg().contiguous().numpy()
+    if t is None:
+        return None
+    if t.requires_grad:
+        t = t.detach()
+    if t.is_complex():
+        t = t.resolve_conj().resolve_neg()
+    return t.contiguous().numpy()
 
 
 def _conj(t):

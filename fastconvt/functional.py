@@ -217,12 +217,15 @@ def _uses_kernels(input, weight, bias, dtypes=_KERNEL_DTYPES):
     """Whether fastconvt's kernels compute this call in its own dtype, one of
     ``dtypes`` (else torch does)."""
     tensors = (input, weight) if bias is None else (input, weight, bias)
-    if not all(isinstance(t, torch.Tensor) for t in tensors):
+    for t in tensors:
+        if not isinstance(t, torch.Tensor):
+            return False
+    if torch.overrides.has_torch_function(tensors) or input.dtype not in dtypes:
         return False
-    if torch.overrides.has_torch_function(tensors):
-        return False
-    return all(t.device.type == "cpu" and t.layout == torch.strided
-               and t.dtype == input.dtype for t in tensors) and input.dtype in dtypes
+    for t in tensors:
+        if t.device.type != "cpu" or t.layout != torch.strided or t.dtype != input.dtype:
+            return False
+    return True
 
 
 def _int(name, value, what="int"):
