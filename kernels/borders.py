@@ -13,6 +13,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ._config import JIT, launch
+from .direct import _check, _output
 
 MODES = {"reflect": 0, "replicate": 1, "circular": 2}
 
@@ -87,12 +88,25 @@ def _pad_parallel(x, z, ph, pw, mode, n_chunks):
 
 
 def _mode(mode, padding, hw):
+    """``mode``'s code, after checking that it can pad an axis of each size in ``hw``
+    by the matching ``padding``."""
     if mode not in MODES:
         raise ValueError(f"padding mode must be one of {tuple(MODES)}, got {mode!r}")
+    if min(padding) < 0:
+        raise ValueError(f"padding must be non-negative, got {tuple(padding)}")
     limit = {"reflect": 1, "replicate": None, "circular": 0}[mode]
-    if limit is not None and any(p > n - limit for p, n in zip(padding, hw)):
+    if min(hw) < 1 or (limit is not None and any(p > n - limit for p, n in zip(padding, hw))):
         raise ValueError(f"{mode} padding {tuple(padding)} cannot fold onto size {tuple(hw)}")
     return MODES[mode]
+
+
+def _bias(name, bias, channels, dtype):
+    """``bias`` checked to be ``(channels,)``, or an empty array for None."""
+    if bias is None:
+        return np.empty(0, dtype)
+    if bias.shape != (channels,):
+        raise ValueError(f"{name}: bias must have shape ({channels},), got {bias.shape}")
+    return bias
 
 
 def source_indices(n, p, mode):
@@ -108,8 +122,9 @@ def fold_borders(z, bias, padding, mode, out=None, parallel=None):
     ph, pw = padding
     shape = (z.shape[0], z.shape[1], z.shape[2] - 2 * ph, z.shape[3] - 2 * pw)
     code = _mode(mode, padding, shape[2:])
-    bias = np.empty(0, z.dtype) if bias is None else bias
-    x = np.empty(shape, z.dtype) if out is None else out
+    bias = _bias("fold_borders", bias, z.shape[1], z.dtype)
+    _check("fold_borders", z, bias)
+    x = _output("fold_borders", out, shape, z.dtype)
     launch(_fold_planes, _fold_parallel, (z, bias, x, ph, pw, code),
            shape[0] * shape[1], z.size, parallel)
     return x
@@ -120,8 +135,9 @@ def pad_borders(x, padding, mode, out=None, parallel=None):
     pads (``F.pad(x, (pw, pw, ph, ph), mode)``)."""
     ph, pw = padding
     code = _mode(mode, padding, x.shape[2:])
+    _check("pad_borders", x)
     shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
-    z = np.empty(shape, x.dtype) if out is None else out
+    z = _output("pad_borders", out, shape, x.dtype)
     launch(_pad_planes, _pad_parallel, (x, z, ph, pw, code), shape[0] * shape[1], z.size,
            parallel)
     return z
