@@ -178,15 +178,15 @@ class ConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        x, w = ctx.saved_tensors
+        x, w = map(_conj, ctx.saved_tensors)
         gx = gw = gb = None
         if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not torch.is_grad_enabled():
             # no graph to record: fuse
-            gx, gw = _both_gradients(_conj(x), _conj(w), gy, ctx.geometry)
+            gx, gw = _both_gradients(x, w, gy, ctx.geometry)
         if ctx.needs_input_grad[0] and gx is None:
-            gx = Conv2dFunction.apply(gy, _conj(w), ctx.geometry, x.shape[2:])
+            gx = Conv2dFunction.apply(gy, w, ctx.geometry, x.shape[2:])
         if ctx.needs_input_grad[1] and gw is None:
-            gw = WeightCorrelationFunction.apply(_conj(x), gy, ctx.geometry, w.shape[2:])
+            gw = WeightCorrelationFunction.apply(x, gy, ctx.geometry, w.shape[2:])
         if ctx.needs_input_grad[2]:
             gb = gy.sum((0, 2, 3))
         return gx, gw, gb, None, None

@@ -103,14 +103,16 @@ def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1
     (``bias`` does not matter); raises as it would. Under ``set_autotune(True)`` a
     configuration not yet timed reports the rule's choice."""
     if _uses_kernels(input, weight, None, _UPCAST_DTYPES):
-        input, weight = input.float(), weight.float()
-    if not _uses_kernels(input, weight, None):
+        dtype = torch.float32
+    elif _uses_kernels(input, weight, None):
+        dtype = input.dtype
+    else:
         return "torch"
     _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
                                           output_padding, groups, dilation)
     out_shape = (input.shape[0], weight.shape[1] * geometry[3]) + out_hw
     shapes = (tuple(input.shape), tuple(weight.shape), None)
-    return _dispatch.family("conv_transpose2d", shapes, _NUMPY_DTYPES[input.dtype], geometry,
+    return _dispatch.family("conv_transpose2d", shapes, _NUMPY_DTYPES[dtype], geometry,
                             out_hw, out_shape)
 
 

@@ -18,9 +18,9 @@ def checkerboard_free_(weight, stride, generator=None):
     convolution (stride :math:`s`) whose kernel is :math:`v` fully convolved with
     an :math:`(sH, sW)` box of ones. This draws :math:`v` as torch initialises a
     ``ConvTranspose2d`` weight of its shape (``kaiming_uniform_(a=sqrt(5))``) and
-    sets ``weight`` to that kernel. Every output phase then sums the same taps
-    (:func:`fastconvt.checkerboard` counts are all equal, with equal sums), so a
-    constant input gives a flat output away from the borders.
+    sets ``weight`` to that kernel. The taps of every output phase then have the
+    same sum (that of :math:`v`), so a constant input gives a flat output away from
+    the borders.
 
     Precisely, with :math:`m = kH - sH + 1` (likewise along W) and the layer's
     padding :math:`p`, ``conv_transpose2d(x, weight, stride=s, padding=p)``

@@ -8,7 +8,8 @@ from .functional import check_padding_mode, conv_transpose2d
 class ConvTranspose2d(torch.nn.ConvTranspose2d):
     r"""Drop-in replacement for :class:`torch.nn.ConvTranspose2d`.
 
-    A subclass that overrides only :meth:`forward`: constructor, parameters
+    A subclass that overrides :meth:`forward`, and the constructor only to accept
+    the padding modes torch refuses: otherwise constructor, parameters
     (``weight`` of shape :math:`(C_{in}, C_{out} / \text{groups}, kH, kW)`, ``bias`` of
     shape :math:`(C_{out})`, both initialised from
     :math:`\mathcal{U}(-\sqrt{k}, \sqrt{k})`, :math:`k = \text{groups} / (C_{out} kH kW)`),

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 DTYPES = (torch.float32, torch.float64)
 # error bound relative to the reference's largest magnitude
-RTOL = {torch.float32: 1e-4, torch.float64: 1e-10}
+RTOL = {torch.float32: 1e-4, torch.float64: 1e-10, torch.complex64: 1e-4,
+        torch.complex128: 1e-10}
 
 
 def reference(input, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
@@ -34,8 +35,9 @@ def assert_close(actual, expected, dtype=None, scale=None):
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     if expected.numel() == 0:
         return
-    expected = expected.detach().double()
-    error = (actual.detach().double() - expected).abs().max().item()
+    wide = torch.complex128 if actual.is_complex() or expected.is_complex() else torch.float64
+    expected = expected.detach().to(wide)
+    error = (actual.detach().to(wide) - expected).abs().max().item()
     if scale is None:
         scale = expected.abs().max().item()
     assert error <= RTOL[dtype] * max(scale, 1e-30), f"error {error:.3g} vs scale {scale:.3g}"

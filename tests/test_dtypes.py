@@ -312,6 +312,20 @@ GRADCHECK_CASES = {
 }
 
 
+@pytest.mark.parametrize("view", [torch.conj, torch._neg_view], ids=["conj", "neg"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_complex_conjugate_and_negative_views(view, family):
+    """Inputs that are lazy conjugate / negative views compute as their values."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 3, 3, dtype=torch.complex128, generator=g)
+    w = torch.randn(4, 3, 3, 2, dtype=torch.complex128, generator=g)
+    kw = dict(stride=2, padding=1, output_padding=1, groups=2)
+    with fastconvt.use_family(family):
+        got = fastconvt.conv_transpose2d(view(x), view(w), **kw)
+    resolved = lambda t: view(t).resolve_conj().resolve_neg()  # noqa: E731
+    assert_close(got, F.conv_transpose2d(resolved(x), resolved(w), **kw), torch.float64)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("name", GRADCHECK_CASES)
 def test_complex_gradcheck(name, family):

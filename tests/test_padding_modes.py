@@ -325,6 +325,65 @@ def test_periodic_case_pads_the_input():
                                              out_hw) is not None
 
 
+def _complex_oracle(y, weight, bias, kw, mode):
+    """The oracle for complex tensors from four real ones (the map is bilinear)."""
+    real = lambda a, b: _oracle(a, b, None, kw, mode)  # noqa: E731
+    out = torch.complex(real(y.real, weight.real) - real(y.imag, weight.imag),
+                        real(y.real, weight.imag) + real(y.imag, weight.real))
+    return out if bias is None else out + bias.to(out.dtype)[:, None, None]
+
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+@pytest.mark.parametrize("mode", FOLDING_MODES)
+def test_complex(mode, dtype):
+    (y, weight, bias), kw = _case("groups-stride-op")
+    g = torch.Generator().manual_seed(2)
+    y, weight, bias = (torch.complex(t, torch.randn(t.shape, generator=g, dtype=torch.float64))
+                       for t in (y, weight, bias))
+    out = fastconvt.conv_transpose2d(y.to(dtype), weight.to(dtype), bias.to(dtype), **kw,
+                                     padding_mode=mode)
+    assert out.dtype == dtype
+    expected = _complex_oracle(y.to(dtype).to(torch.complex128),
+                               weight.to(dtype).to(torch.complex128),
+                               bias.to(dtype).to(torch.complex128), kw, mode)
+    scale = _oracle(y.abs(), weight.abs(), bias.abs(), kw, mode).abs().max().item()
+    assert_close(out, expected, dtype, scale=2 * scale)
+
+
+@pytest.mark.parametrize("mode", FOLDING_MODES)
+def test_complex_gradcheck(mode):
+    (y, weight, bias), kw = _case("groups-stride-op")
+    g = torch.Generator().manual_seed(2)
+    y, weight, bias = (torch.complex(t, torch.randn(t.shape, generator=g, dtype=torch.float64))
+                       .requires_grad_() for t in (y, weight, bias))
+    f = lambda y, w, b: fastconvt.conv_transpose2d(y, w, b, **kw, padding_mode=mode)  # noqa: E731
+    assert gradcheck(f, (y, weight, bias))
+    assert gradgradcheck(f, (y, weight, bias))
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)])
+@pytest.mark.parametrize("mode", FOLDING_MODES)
+def test_half(mode, dtype, rtol):
+    """Computed in float32, rounded once: within the dtype's rounding of the float64
+    oracle (on the same, exactly representable, inputs)."""
+    (y, weight, bias), kw = _case("groups-stride-op", dtype)
+    out = fastconvt.conv_transpose2d(y, weight, bias, **kw, padding_mode=mode)
+    assert out.dtype == dtype
+    expected = _oracle(y, weight, bias, kw, mode)
+    scale = _oracle(y.abs(), weight.abs(), bias.abs(), kw, mode).abs().max().item()
+    assert (out.double() - expected).abs().max().item() <= rtol * scale
+
+
+@pytest.mark.parametrize("mode", FOLDING_MODES)
+def test_only_the_bias_requires_grad(mode):
+    (y, weight, bias), kw = _case("groups-stride-op")
+    bias = bias.detach().requires_grad_()
+    out = fastconvt.conv_transpose2d(y, weight, bias, **kw, padding_mode=mode)
+    g = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    grad, = torch.autograd.grad(out, bias, g)
+    assert_close(grad, g.sum((0, 2, 3)))
+
+
 class _Tagged(torch.Tensor):
     """A ``__torch_function__`` subclass: fastconvt hands such inputs to torch."""
 
