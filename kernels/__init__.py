@@ -31,6 +31,9 @@ def warmup(dtypes=("float32", "float64")):
                 family.conv2d(y, w, *geometry, (3, 3), parallel=parallel)
                 family.weight_correlation(x, y, *geometry, (2, 2), parallel=parallel)
         for parallel in (False, True):
+            for by_taps in (False, True):  # both scatters of the column form
+                gemm.conv_transpose2d(x, w, None, *geometry, (4, 4), parallel=parallel,
+                                      subpixel=False, by_taps=by_taps)
             for mode in borders.MODES:
                 z = borders.pad_borders(x, (1, 1), mode, parallel=parallel)
                 borders.fold_borders(z, np.ones(2, dtype), (1, 1), mode, parallel=parallel)

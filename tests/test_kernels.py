@@ -159,6 +159,21 @@ def test_gemm_subpixel_forward(parallel, problem):
            bound.max() if bound.size else 0.0)
 
 
+@pytest.mark.parametrize("by_taps", [False, True], ids=["rows", "taps"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
+@settings(max_examples=60, deadline=None)
+@given(problem=geometries())
+def test_gemm_column_forward_both_scatters(by_taps, parallel, problem):
+    """The column form's two scatters (the rule picks by output row length)."""
+    geometry, shapes, dtype = problem
+    x, w, _, b = _arrays(geometry, shapes, dtype)
+    out = kernels.gemm.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel,
+                                        subpixel=False, by_taps=by_taps)
+    bound = _torch_conv_transpose(abs(x), abs(w), abs(b), geometry, shapes["out_hw"])
+    _close(out, _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"]), dtype,
+           bound.max() if bound.size else 0.0)
+
+
 @pytest.mark.parametrize("workspace_bytes", [None, 1, 600], ids=["whole", "one-channel", "few"])
 @settings(max_examples=60, deadline=None)
 @given(problem=geometries())
