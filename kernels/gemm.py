@@ -76,15 +76,16 @@ def _channels_first_parallel(x, n0, xt, to_xt, n_chunks):
 def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
                  job_lo, job_hi):
     """``y[n0 + n, co0 + c] = bias + sum of cols`` over the taps that reach each
-    pixel; job -> plane (n, c). Like the direct kernel, each output row is split
+    pixel; job -> plane (n, c), images fastest. Like the direct kernel, each output row is split
     into stride phases, so every tap adds a contiguous run of ``cols`` into a
     contiguous accumulator and each pixel is written once."""
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = cols.shape[0] // (k_h * k_w)
     hw = h_in * w_in
+    images = cols.shape[1] // hw
     acc = np.empty((w_out + sw - 1) // sw, y.dtype)
     for job in range(job_lo, job_hi):
-        n, c = job // c_out_g, job % c_out_g
+        c, n = job // images, job % images
         co = co0 + c
         b = bias[co] if bias.shape[0] > 0 else 0.0
         for oh in range(h_out):
@@ -128,12 +129,13 @@ def _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw
                       job_lo, job_hi):
     """What ``_col2im_jobs`` computes, tap by tap over the whole plane: for small
     planes, where the phase-split rows are too short to vectorise and their loop
-    overhead dominates; job -> plane (n, c)."""
+    overhead dominates; job -> plane (n, c), images fastest."""
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = cols.shape[0] // (k_h * k_w)
     hw = h_in * w_in
+    images = cols.shape[1] // hw
     for job in range(job_lo, job_hi):
-        n, c = job // c_out_g, job % c_out_g
+        c, n = job // images, job % images
         co = co0 + c
         plane = y[n0 + n, co]
         plane[:, :] = bias[co] if bias.shape[0] > 0 else 0.0
@@ -236,13 +238,15 @@ def _phase_im2col_parallel(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, n_c
 def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, pw,
                         job_lo, job_hi):
     """``y[n0 + n, co0 + c, oh, ow] = z[(c, rh, rw), (n, ah, aw)] + bias`` where
-    ``oh + ph = sh * (a0h + ah) + rh`` (likewise ow); job -> plane (n, c)."""
+    ``oh + ph = sh * (a0h + ah) + rh`` (likewise ow); job -> plane (n, c), images
+    fastest."""
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = z.shape[0] // (sh * sw)
     na = na_h * na_w
+    images = z.shape[1] // na
     su = uint64(sw)
     for job in range(job_lo, job_hi):
-        n, c = job // c_out_g, job % c_out_g
+        c, n = job // images, job % images
         co = co0 + c
         b = bias[co] if bias.shape[0] > 0 else 0.0
         for oh in range(h_out):
