@@ -362,8 +362,16 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
             y += bias.reshape(1, -1, 1, 1)
         return y
     if subpixel is None:
+        phase_hw = _phase_grid(out_hw, stride, padding)[1]
         subpixel = _subpixel_pays((c_in_g, c_out_g), (k_h, k_w), stride, dilation, (h_in, w_in),
-                                  _phase_grid(out_hw, stride, padding)[1])
+                                  phase_hw)
+        # its buffers hold at least one whole image; where that exceeds the workspace
+        # budget and the output's size, the column form (which also splits the output
+        # channels) keeps the bound
+        rows = c_in_g * (k_h // stride[0]) * (k_w // stride[1]) + c_out_g * stride[0] * stride[1]
+        budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+        one_image = rows * phase_hw[0] * phase_hw[1] * x.itemsize
+        subpixel = subpixel and one_image <= max(budget, y.nbytes)
     if subpixel:
         return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
                                           gemm, workspace_bytes)
