@@ -255,14 +255,14 @@ def test_gemm_subpixel_only_within_the_workspace_bound(monkeypatch):
     the workspace budget and the output's size, the column form (which also splits
     output channels) computes the same result instead."""
     g = kernels.gemm
-    x, w = np.ones((2, 16, 6, 6)), np.ones((16, 8, 4, 4))  # DCGAN-like: sub-pixel pays
+    x, w = np.ones((2, 16, 10, 10)), np.ones((16, 8, 4, 4))  # DCGAN-like: sub-pixel pays
     used = []
     original = g._subpixel_conv_transpose2d
     monkeypatch.setattr(g, "_subpixel_conv_transpose2d",
                         lambda *args: used.append(True) or original(*args))
-    roomy = g.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (12, 12))
+    roomy = g.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (20, 20))
     assert used == [True]
-    tight = g.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (12, 12),
-                               workspace_bytes=4096)  # one image's columns: ~40 KB
+    tight = g.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (20, 20),
+                               workspace_bytes=4096)  # one image's columns: 93 KB
     assert used == [True]
     np.testing.assert_allclose(tight, roomy)
