@@ -326,6 +326,18 @@ class _Blocks:
                 yield g, c0, slice(c0 * self.kk, (c0 + cb) * self.kk), cols
 
 
+def _channels_first(x, n0, xt, parallel):
+    """Images ``x[n0:n0 + nc]`` as channels-first columns ``(C, nc * H * W)``: copied
+    into ``xt`` (``nc`` from its size), or for one image (``xt`` None) the image
+    itself, already channels first."""
+    if xt is None:
+        return x[n0].reshape(x.shape[1], x.shape[2] * x.shape[3])
+    n_jobs = xt.size // (x.shape[2] * x.shape[3])  # (image, channel) pairs
+    launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True), n_jobs, xt.size,
+           parallel)
+    return xt
+
+
 def _pointwise(in_hw, padding, dilation, kernel_hw, out_hw):
     """Whether each 1x1 input image maps onto exactly one whole kernel-sized output
     (DCGAN's first layer): then ``y[n]`` is the row ``x[n] @ W`` itself, no columns."""
@@ -382,11 +394,7 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
     for n0, nc, xt in blocks.batches():
-        if xt is None:
-            xt = x[n0].reshape(c_in, h_in * w_in)
-        else:
-            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True),
-                   nc * c_in, xt.size, parallel)
+        xt = _channels_first(x, n0, xt, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             gemm(_weight_matrix(w, g, c_in_g).T[rows], xt[g * c_in_g:(g + 1) * c_in_g], cols,
                  False)
@@ -514,11 +522,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     blocks = _Blocks(x.shape, groups, c_out_g, (k_h, k_w), x.dtype, workspace_bytes)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
     for n0, nc, xt in blocks.batches():
-        if xt is None:
-            xt = x[n0].reshape(c_in, h_in * w_in)
-        else:
-            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True),
-                   nc * c_in, xt.size, parallel)
+        xt = _channels_first(x, n0, xt, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
                    (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry), cols.shape[0],
@@ -548,13 +552,10 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
     xt_buffer = np.empty(c_in * blocks.images * blocks.hw if blocks.images > 1 else 0, x.dtype)
     geometry = (*stride, *padding, *dilation, k_h, k_w)
     for n0, nc, gxt in blocks.batches():
-        if gxt is None:  # one image: its own arrays are channels first
-            xt, gx_image = x[n0].reshape(c_in, blocks.hw), gx[n0].reshape(c_in, blocks.hw)
-        else:
-            xt = xt_buffer[:c_in * nc * blocks.hw].reshape(c_in, nc * blocks.hw)
-            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True),
-                   nc * c_in, xt.size, parallel)
-            gx_image = gxt
+        xt = _channels_first(x, n0, None if gxt is None else
+                             xt_buffer[:c_in * nc * blocks.hw].reshape(c_in, nc * blocks.hw),
+                             parallel)
+        gx_image = gx[n0].reshape(c_in, blocks.hw) if gxt is None else gxt
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
                    (gy, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry), cols.shape[0],
