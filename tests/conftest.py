@@ -43,6 +43,32 @@ def assert_close(actual, expected, dtype=None, scale=None):
     assert error <= RTOL[dtype] * max(scale, 1e-30), f"error {error:.3g} vs scale {scale:.3g}"
 
 
+def check_values_and_gradients(compute, oracle, tensors, dtype):
+    """``compute`` (fastconvt's) against ``oracle`` (float64) on ``tensors`` (None
+    entries stay None): the output, then the gradient of every tensor. Errors are
+    bounded by the oracle on absolute values, the sum of the terms' magnitudes, which
+    bounds float32 rounding even where the terms cancel. Returns (output, oracle's)."""
+    def leaves(f=lambda t: t):
+        return [None if t is None else f(t.detach()).requires_grad_() for t in tensors]
+
+    mine, exact, magnitude = leaves(), leaves(), leaves(torch.abs)
+    out, ref, ref_abs = compute(*mine), oracle(*exact), oracle(*magnitude)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype, scale=ref_abs.abs().max().item() if ref.numel() else None)
+    if out.numel() == 0:
+        return out, ref
+    grad_out = torch.randn(ref.shape, dtype=torch.float64,
+                           generator=torch.Generator().manual_seed(1))
+    given = lambda ts: [t for t in ts if t is not None]  # noqa: E731
+    grads = torch.autograd.grad(out, given(mine), grad_out.to(dtype))
+    ref_grads = torch.autograd.grad(ref, given(exact), grad_out)
+    abs_grads = torch.autograd.grad(ref_abs, given(magnitude), grad_out.abs())
+    for got, want, bound in zip(grads, ref_grads, abs_grads):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, scale=bound.abs().max().item())
+    return out, ref
+
+
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).split(".")[-1])
 def dtype(request):
     return request.param

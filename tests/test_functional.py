@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fastconvt
-from conftest import DTYPES, assert_close, reference
+from conftest import DTYPES, check_values_and_gradients, reference
 
 # (N, C_in, C_out, groups, H, W, kernel, stride, padding, output_padding, dilation)
 CASES = {
@@ -38,33 +38,13 @@ def _case_tensors(case, dtype, bias=True, seed=0):
 
 
 def _check_forward_backward(x, weight, b, kw, dtype):
-    """Output, memory format and all three gradients against the float64 oracle.
-
-    Errors are measured against the same maps evaluated on absolute values
-    (the sum of the magnitudes of the terms), which bounds float32 rounding
-    even where the terms cancel."""
-    tensors = [t for t in (x, weight, b) if t is not None]
-    leaves = [t.detach().requires_grad_() for t in tensors]
-    ref_leaves = [t.detach().requires_grad_() for t in tensors]
-    abs_leaves = [t.detach().abs().requires_grad_() for t in tensors]
-    call = lambda f, ts: f(ts[0], ts[1], ts[2] if b is not None else None, **kw)  # noqa: E731
-    out = call(fastconvt.conv_transpose2d, leaves)
-    ref, ref_abs = call(reference, ref_leaves), call(reference, abs_leaves)
-    assert out.dtype == dtype
-    assert_close(out, ref, dtype, scale=ref_abs.abs().max().item() if ref.numel() else None)
+    """Output, memory format and all three gradients against the float64 oracle."""
+    out, ref = check_values_and_gradients(
+        lambda x, w, b: fastconvt.conv_transpose2d(x, w, b, **kw),
+        lambda x, w, b: reference(x, w, b, **kw), (x, weight, b), dtype)
     for fmt in (torch.contiguous_format, torch.channels_last):
         if out.dim() == 4:
             assert out.is_contiguous(memory_format=fmt) == ref.is_contiguous(memory_format=fmt)
-    if out.numel() == 0:
-        return
-    grad_out = torch.randn(ref.shape, dtype=torch.float64,
-                           generator=torch.Generator().manual_seed(1))
-    grads = torch.autograd.grad(out, leaves, grad_out.to(dtype))
-    ref_grads = torch.autograd.grad(ref, ref_leaves, grad_out)
-    abs_grads = torch.autograd.grad(ref_abs, abs_leaves, grad_out.abs())
-    for got, want, bound in zip(grads, ref_grads, abs_grads):
-        assert got.dtype == dtype
-        assert_close(got, want, dtype, scale=bound.abs().max().item())
 
 
 @pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
