@@ -24,6 +24,24 @@ def reference(input, weight, bias=None, stride=1, padding=0, output_padding=0, g
                               groups, dilation)
 
 
+LAYOUTS = ("contiguous", "channels_last", "weight_channels_last", "both", "transposed",
+           "unbatched")
+
+
+def with_layout(x, weight, layout):
+    """``(x, weight)`` in one of ``LAYOUTS``: channels_last input, weight or both; an
+    input with H and W strides swapped; or the first image alone (unbatched)."""
+    if layout in ("channels_last", "both"):
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout in ("weight_channels_last", "both"):
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    if layout == "unbatched":
+        x = x[0]
+    return x, weight
+
+
 def assert_close(actual, expected, dtype=None, scale=None):
     """``max|actual - expected| <= RTOL[dtype] * scale`` (shapes equal).
 

@@ -34,7 +34,7 @@ from hypothesis import given, settings, strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
-from conftest import RTOL, assert_close
+from conftest import RTOL, assert_close, with_layout
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
@@ -59,7 +59,7 @@ CASES = {
 }
 # enough multiply-adds for the kernels' parallel drivers (grad_weight's per-thread buffers)
 PARALLEL_CASE = (2, 16, 16, 1, 6, 6, 4, 2, 1, 0, 1)
-LAYOUTS = ("contiguous", "input-channels-last", "weight-channels-last", "unbatched")
+LAYOUTS = ("contiguous", "channels_last", "weight_channels_last", "unbatched")  # of conftest's
 
 
 def _upcast(t):
@@ -86,12 +86,7 @@ def _case_tensors(case, dtype, layout="contiguous", bias=True, seed=0):
     g = torch.Generator().manual_seed(seed)
     x, weight = _randn((n, c_in, h, w), dtype, g), _randn((c_in, c_out // groups) + k, dtype, g)
     b = _randn((c_out,), dtype, g) if bias else None
-    if layout == "input-channels-last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "weight-channels-last":
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    elif layout == "unbatched":
-        x = x[0]
+    x, weight = with_layout(x, weight, layout)
     return x, weight, b, dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d)
 
 
@@ -362,14 +357,7 @@ def problems(draw, dtypes):
     x = _randn((draw(st.integers(1, 3)), c_in) + size, dtype, g)
     weight = _randn((c_in, c_out // groups) + kernel, dtype, g)
     b = _randn((c_out,), dtype, g)
-    layout = draw(st.sampled_from(["contiguous", "channels_last", "weight_channels_last",
-                                   "unbatched"]))
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "weight_channels_last":
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    elif layout == "unbatched":
-        x = x[0]
+    x, weight = with_layout(x, weight, draw(st.sampled_from(LAYOUTS)))
     kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
               dilation=dilation)
     return x, weight, draw(st.sampled_from([b, None])), kw, dtype
@@ -527,10 +515,7 @@ def test_integer_like_torch(dtype, batch, layout):
     # torch 2.13 computes int64 (and so must fastconvt, exactly); the others raise
     g = torch.Generator().manual_seed(0)
     x, weight = _int_tensor((batch, 4, 5, 5), dtype, g), _int_tensor((4, 3, 3, 3), dtype, g)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "unbatched":
-        x = x[0]
+    x, weight = with_layout(x, weight, layout)
     kw = dict(stride=2, padding=1, output_padding=1)
     for b in (None, _int_tensor((3,), dtype, g)):
         _assert_same_outcome(x, weight, b, kw)

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fastconvt
-from conftest import DTYPES, check_values_and_gradients, reference
+from conftest import DTYPES, check_values_and_gradients, reference, with_layout
 
 # (N, C_in, C_out, groups, H, W, kernel, stride, padding, output_padding, dilation)
 CASES = {
@@ -62,22 +62,18 @@ def test_unbatched(name, dtype):
     assert fastconvt.conv_transpose2d(x[0], weight, b, **kw).dim() == 3
 
 
-@pytest.mark.parametrize("layout", ["input-channels-last", "weight-channels-last", "both",
+@pytest.mark.parametrize("layout", ["channels_last", "weight_channels_last", "both",
                                     "transposed", "sliced"])
 @pytest.mark.parametrize("name", ["groups", "1x1-kernel-op", "depthwise"])
 def test_memory_layouts(name, layout, dtype):
     # "1x1-kernel-op" on a channels_last input is the case whose float32 backward
     # corrupts torch's heap; the float64 oracle keeps it safe to test.
     x, weight, b, kw = _case_tensors(CASES[name], dtype)
-    if layout in ("input-channels-last", "both"):
-        x = x.contiguous(memory_format=torch.channels_last)
-    if layout in ("weight-channels-last", "both"):
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    if layout == "transposed":
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
     if layout == "sliced":
         x = torch.cat([x, x], dim=3)[..., ::2]
-    assert layout in ("weight-channels-last",) or not x.is_contiguous()
+    else:
+        x, weight = with_layout(x, weight, layout)
+    assert layout == "weight_channels_last" or not x.is_contiguous()
     _check_forward_backward(x, weight, b, kw, dtype)
 
 
@@ -125,14 +121,8 @@ def problems(draw):
     b = torch.randn(c_out, generator=g, dtype=torch.float64).to(dtype)
     layout = draw(st.sampled_from(["contiguous", "channels_last", "weight_channels_last",
                                    "transposed", "unbatched"]))
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    elif layout == "weight_channels_last":
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    elif layout == "transposed":
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    elif layout == "unbatched" and x.shape[0] > 0:
-        x = x[0]
+    if not (layout == "unbatched" and x.shape[0] == 0):
+        x, weight = with_layout(x, weight, layout)
     kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
               dilation=dilation)
     return x, weight, draw(st.sampled_from([b, None])), kw, dtype

@@ -19,7 +19,8 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
 from fastconvt import _autograd
-from conftest import DTYPES, RTOL, assert_close, check_values_and_gradients, reference
+from conftest import (DTYPES, LAYOUTS, RTOL, assert_close, check_values_and_gradients,
+                      reference, with_layout)
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 FOLDING_MODES = MODES[1:]
@@ -137,12 +138,7 @@ def problems(draw, mode):
                                seed=draw(st.integers(0, 2**31)))
     layout = draw(st.sampled_from(["contiguous", "channels_last", "weight_channels_last",
                                    "unbatched"]))
-    if layout == "channels_last":
-        y = y.contiguous(memory_format=torch.channels_last)
-    elif layout == "weight_channels_last":
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    elif layout == "unbatched":
-        y = y[0]
+    y, weight = with_layout(y, weight, layout)
     kw = dict(stride=stride, padding=padding, output_padding=output_padding, groups=groups,
               dilation=dilation)
     assert _foldable(mode, padding, _out_hw(size, kernel, kw))
@@ -202,19 +198,11 @@ def test_cases(name, mode, family, dtype):
         _check_forward_backward(y, weight, bias, kw, mode)
 
 
-@pytest.mark.parametrize("layout", ["input-channels-last", "weight-channels-last", "both",
-                                    "transposed", "unbatched"])
+@pytest.mark.parametrize("layout", LAYOUTS[1:])
 @pytest.mark.parametrize("mode", FOLDING_MODES)
 def test_layouts(mode, layout, dtype):
     (y, weight, bias), kw = _case("groups-stride-op", dtype)
-    if layout in ("input-channels-last", "both"):
-        y = y.contiguous(memory_format=torch.channels_last)
-    if layout in ("weight-channels-last", "both"):
-        weight = weight.contiguous(memory_format=torch.channels_last)
-    if layout == "transposed":
-        y = y.transpose(2, 3).contiguous().transpose(2, 3)
-    if layout == "unbatched":
-        y = y[1]
+    y, weight = with_layout(y, weight, layout)
     _check_forward_backward(y, weight, bias, kw, mode)
     out = fastconvt.conv_transpose2d(y, weight, bias, **kw, padding_mode=mode)
     assert out.dim() == y.dim()
