@@ -159,6 +159,41 @@ def test_gemm_subpixel_forward(parallel, problem):
            bound.max() if bound.size else 0.0)
 
 
+def _torch_gradients(x, w, y, geometry, out_hw):
+    """``(C(y, w), W(x, y))``, the input and weight gradients of ``<T(x, w), y>``,
+    by torch's autograd through :func:`_torch_conv_transpose` in float64."""
+    xt, wt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w))
+    stride, padding, dilation, groups = geometry
+    full = F.conv_transpose2d(xt, wt, None, stride, 0, 0, groups, dilation)
+    out = torch.zeros(full.shape[:2] + out_hw, dtype=torch.float64)
+    window = full[:, :, padding[0]:padding[0] + out_hw[0], padding[1]:padding[1] + out_hw[1]]
+    out[:, :, :window.shape[2], :window.shape[3]] = window
+    gx, gw = torch.autograd.grad((out * torch.from_numpy(y).double()).sum(), (xt, wt),
+                                 allow_unused=True)
+    return tuple(np.zeros(a.shape) if g is None else g.numpy() for g, a in ((gx, x), (gw, w)))
+
+
+@pytest.mark.parametrize("workspace_bytes", [None, 600], ids=["whole", "few-images"])
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
+@settings(max_examples=60, deadline=None)
+@given(problem=subpixel_geometries())
+def test_gemm_subpixel_backward(parallel, workspace_bytes, problem):
+    """The sub-pixel form of both gradients (forced), fused and map by map, against
+    torch's autograd."""
+    geometry, shapes, dtype = problem
+    x, w, y, _ = _arrays(geometry, shapes, dtype)
+    g = kernels.gemm
+    options = dict(parallel=parallel, workspace_bytes=workspace_bytes, subpixel=True)
+    fused = g.conv_transpose2d_backward(x, w, y, *geometry, **options)
+    apart = (g.conv2d(y, w, *geometry, shapes["size"], **options),
+             g.weight_correlation(x, y, *geometry, shapes["kernel"], **options))
+    bounds = _torch_gradients(abs(x), abs(w), abs(y), geometry, shapes["out_hw"])
+    for got, want, bound in zip(fused + apart, 2 * _torch_gradients(x, w, y, geometry,
+                                                                    shapes["out_hw"]),
+                                2 * bounds):
+        _close(got, want, dtype, bound.max() if bound.size else 0.0)
+
+
 @pytest.mark.parametrize("by_taps", [False, True], ids=["rows", "taps"])
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 @settings(max_examples=60, deadline=None)
