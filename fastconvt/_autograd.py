@@ -77,11 +77,9 @@ def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros"):
     if padding_mode == "circular" and any(padding):
         wrap = _periodic_input_padding(x.shape[2:], w.shape[2:], geometry, out_hw)
         if wrap is not None:
-            # the output is periodic in the input: pad the (smaller) input instead
-            x = (PadBordersFunction.apply(x, wrap, "circular") if _needs_graph(x)
-                 else _pad_borders(x, wrap, "circular"))
-            padding = tuple(p + q * s for p, q, s in zip(padding, wrap, stride))
-            return conv_transpose2d(x, w, b, (stride, padding, dilation, groups), out_hw)
+            if _needs_graph(x, w, b):
+                return PeriodicConvTranspose2dFunction.apply(x, w, b, geometry, out_hw, wrap)
+            return _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap)
     if padding_mode != "zeros" and any(padding):
         full_hw = (out_hw[0] + 2 * padding[0], out_hw[1] + 2 * padding[1])
         z = conv_transpose2d(x, w, None, (stride, (0, 0), dilation, groups), full_hw)
@@ -117,6 +115,16 @@ def _periodic_input_padding(in_hw, kernel_hw, geometry, out_hw):
             return None
         wrap.append(q)
     return tuple(wrap)
+
+
+def _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap):
+    """The circular mode where the output is periodic in the input: the input padded
+    circularly by ``wrap``, then the zeros mode with padding ``p + wrap * s``."""
+    stride, padding, dilation, groups = geometry
+    padding = tuple(p + q * s for p, q, s in zip(padding, wrap, stride))
+    shape = (x.shape[0], w.shape[1] * groups) + tuple(out_hw)
+    return _compute("conv_transpose2d", shape, (_pad_borders(x, wrap, "circular"), w, b),
+                    (stride, padding, dilation, groups), out_hw)
 
 
 def _fold_borders(z, b, padding, mode):
@@ -178,18 +186,47 @@ class ConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        x, w = map(_conj, ctx.saved_tensors)
-        gx = gw = gb = None
-        if ctx.needs_input_grad[0] and ctx.needs_input_grad[1] and not torch.is_grad_enabled():
-            # no graph to record: fuse
-            gx, gw = _both_gradients(x, w, gy, ctx.geometry)
-        if ctx.needs_input_grad[0] and gx is None:
-            gx = Conv2dFunction.apply(gy, w, ctx.geometry, x.shape[2:])
-        if ctx.needs_input_grad[1] and gw is None:
-            gw = WeightCorrelationFunction.apply(x, gy, ctx.geometry, w.shape[2:])
-        if ctx.needs_input_grad[2]:
-            gb = gy.sum((0, 2, 3))
-        return gx, gw, gb, None, None
+        return (*_gradients(ctx, gy, gy, ctx.geometry), None, None)
+
+
+def _gradients(ctx, gy, gz, geometry):
+    """(grad_input, grad_weight, grad_bias) of ``T(x, w) + b`` (``x, w`` saved in
+    ``ctx``) where ``gz`` is the output gradient as the zeros-mode map with
+    ``geometry`` sees it and ``gy`` the layer's own (for the bias)."""
+    x, w = map(_conj, ctx.saved_tensors)
+    needs = ctx.needs_input_grad
+    gx = gw = gb = None
+    if needs[0] and needs[1] and not torch.is_grad_enabled():
+        # no graph to record: fuse
+        gx, gw = _both_gradients(x, w, gz, geometry)
+    if needs[0] and gx is None:
+        gx = Conv2dFunction.apply(gz, w, geometry, x.shape[2:])
+    if needs[1] and gw is None:
+        gw = WeightCorrelationFunction.apply(x, gz, geometry, w.shape[2:])
+    if needs[2]:
+        gb = gy.sum((0, 2, 3))
+    return gx, gw, gb
+
+
+class PeriodicConvTranspose2dFunction(torch.autograd.Function):
+    """``(x, w, b, geometry, out_hw, wrap) -> (N, C_out, *out_hw)``: the circular mode
+    where the output is periodic in the input (:func:`_periodic_input_padding`).
+    Forward pads the input; backward takes the other, cheaper form of the same
+    adjoint: the output gradient padded circularly by ``p``, then the zeros-mode
+    gradients with padding 0 over the unpadded input (no fold, fewer columns)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, geometry, out_hw, wrap):
+        ctx.geometry = geometry
+        ctx.save_for_backward(x, w)
+        return _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap)
+
+    @staticmethod
+    def backward(ctx, gy):
+        stride, padding, dilation, groups = ctx.geometry
+        gz = (PadBordersFunction.apply(gy, padding, "circular") if _needs_graph(gy)
+              else _pad_borders(gy, padding, "circular"))
+        return (*_gradients(ctx, gy, gz, (stride, (0, 0), dilation, groups)), None, None, None)
 
 
 class Conv2dFunction(torch.autograd.Function):
