@@ -162,10 +162,11 @@ def _col2im_taps_parallel(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh
 
 
 @njit(**JIT)
-def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w, periodic,
                  job_lo, job_hi):
     """``cols[(c, kh, kw), (n, ih, iw)] = y[n0 + n, co0 + c, oh, ow]`` (0 off the
-    image), ``oh = ih*sh - ph + kh*dh``; job -> row ``(c, kh, kw)``."""
+    image, or for ``periodic`` the image's periodic extension: ``oh, ow`` modulo
+    its size), ``oh = ih*sh - ph + kh*dh``; job -> row ``(c, kh, kw)``."""
     h_out, w_out = y.shape[2], y.shape[3]
     hw = h_in * w_in
     n_batch = cols.shape[1] // hw
@@ -175,6 +176,22 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
         kh = (job // k_w) % k_h
         co = co0 + job // (k_h * k_w)
         off_h, off_w = kh * dh - ph, kw * dw - pw
+        if periodic:
+            # columns iw in [iw_lo, iw_hi) read inside the row, the rest wrap around
+            iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+            iw_lo, iw_hi = min(iw_lo, w_in), min(iw_hi, w_in)
+            b0, m = uint64(iw_lo * sw + off_w), uint64(iw_hi - iw_lo)
+            for n in range(n_batch):
+                for ih in range(h_in):
+                    row, a = y[n0 + n, co, (ih * sh + off_h) % h_out], n * hw + ih * w_in
+                    for iw in range(iw_lo):
+                        cols[job, a + iw] = row[(iw * sw + off_w) % w_out]
+                    a0 = uint64(a + iw_lo)
+                    for j in range(m):
+                        cols[job, a0 + j] = row[b0 + j * su]
+                    for iw in range(iw_hi, w_in):
+                        cols[job, a + iw] = row[(iw * sw + off_w) % w_out]
+            continue
         ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
         iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
         cols[job, :] = 0.0
@@ -190,18 +207,20 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
 
 
 @njit(parallel=True, **JIT)
-def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w, periodic,
                      n_chunks):
     n_jobs = cols.shape[0]
     for t in prange(n_chunks):
-        _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
+        _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w, periodic,
                      t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
 @njit(**JIT)
-def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, job_lo, job_hi):
+def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, periodic, job_lo,
+                       job_hi):
     """``xc[(ci, mh, mw), (n, ah, aw)] = x[n0 + n, ci0 + ci, a0h + ah - mh, a0w + aw - mw]``
-    (0 off the image); job -> row ``(ci, mh, mw)``."""
+    (0 off the image, or for ``periodic`` the image's periodic extension: indices
+    modulo its size); job -> row ``(ci, mh, mw)``."""
     h_in, w_in = x.shape[2], x.shape[3]
     na = na_h * na_w
     n_batch = xc.shape[1] // na
@@ -209,9 +228,24 @@ def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, job_lo,
         mw = job % kq_w
         mh = (job // kq_w) % kq_h
         ci = ci0 + job // (kq_h * kq_w)
-        xc[job, :] = 0.0
         off_w = a0w - mw  # input column of aw = 0
         aw_lo, aw_hi = max(0, -off_w), min(na_w, w_in - off_w)
+        if periodic:
+            # columns aw in [aw_lo, aw_hi) read inside the row, the rest wrap around
+            aw_lo, aw_hi = min(aw_lo, na_w), max(min(aw_lo, na_w), aw_hi)
+            b0, m = uint64(aw_lo + off_w), uint64(aw_hi - aw_lo)
+            for n in range(n_batch):
+                for ah in range(na_h):
+                    row, a = x[n0 + n, ci, (a0h + ah - mh) % h_in], n * na + ah * na_w
+                    for aw in range(aw_lo):
+                        xc[job, a + aw] = row[(off_w + aw) % w_in]
+                    a0 = uint64(a + aw_lo)
+                    for j in range(m):
+                        xc[job, a0 + j] = row[b0 + j]
+                    for aw in range(aw_hi, na_w):
+                        xc[job, a + aw] = row[(off_w + aw) % w_in]
+            continue
+        xc[job, :] = 0.0
         if aw_hi <= aw_lo:
             continue
         # unsigned indices: no negative-index wraparound, so it vectorises
@@ -227,10 +261,11 @@ def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, job_lo,
 
 
 @njit(parallel=True, **JIT)
-def _phase_im2col_parallel(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, n_chunks):
+def _phase_im2col_parallel(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, periodic,
+                           n_chunks):
     n_jobs = xc.shape[0]
     for t in prange(n_chunks):
-        _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0,
+        _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, periodic,
                            t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
@@ -375,18 +410,30 @@ def _weight_matrix(w, g, c_in_g):
 
 def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
                      parallel=None, gemm=numpy_gemm, workspace_bytes=None, subpixel=None,
-                     by_taps=None):
+                     by_taps=None, periodic=False):
     """Transposed convolution ``(N, C_in, H_in, W_in) -> (N, C_out, *out_hw)``; the
     arguments and result of :func:`fastconvt.kernels.direct.conv_transpose2d`.
     ``subpixel`` forces (True, where kernel sizes are multiples of the strides and
     dilation is 1) or forbids the sub-pixel form; None picks it where it applies.
     ``by_taps`` forces the column form's scatter to go tap by tap over whole planes
-    (True) or by stride phases of output rows (False); None picks by the row length."""
+    (True) or by stride phases of output rows (False); None picks by the row length.
+    ``periodic`` reads ``x`` as its periodic extension (every ``x[i % H_in, j % W_in]``
+    for ``i, j`` in Z contributes): the circular mode where the output is ``stride``
+    times the input. Only the sub-pixel form computes it (see :func:`subpixel_applies`)."""
     bias = np.empty(0, x.dtype) if bias is None else bias
     _check("conv_transpose2d", x, w, bias)
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
     y = _output("conv_transpose2d", out, (n_batch, c_out_g * groups) + tuple(out_hw), x.dtype)
+    if periodic:
+        if not subpixel_applies((k_h, k_w), stride, dilation) or subpixel is False \
+                or h_in * w_in == 0:
+            raise ValueError("conv_transpose2d: a periodic input needs the sub-pixel form "
+                             "(kernel sizes multiples of the strides, dilation 1) and a "
+                             f"non-empty plane; got kernel {(k_h, k_w)}, stride {stride}, "
+                             f"dilation {dilation}, input {x.shape}")
+        return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
+                                          gemm, workspace_bytes, periodic=True)
     if _pointwise((h_in, w_in), padding, dilation, (k_h, k_w), out_hw):
         x_rows = x.reshape(n_batch, c_in)
         y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
@@ -397,12 +444,8 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
             y += bias.reshape(1, -1, 1, 1)
         return y
     if subpixel is None:
-        phase_hw = _phase_grid(out_hw, stride, padding)[1]
-        rows = c_in_g * (k_h // stride[0]) * (k_w // stride[1]) + c_out_g * stride[0] * stride[1]
-        subpixel = (_subpixel_pays((c_in_g, c_out_g), (k_h, k_w), stride, dilation, (h_in, w_in),
-                                   phase_hw)
-                    and _one_image_fits(rows * phase_hw[0] * phase_hw[1] * x.itemsize,
-                                        workspace_bytes, y.nbytes))
+        subpixel = uses_subpixel(x.shape, w.shape, stride, padding, dilation, groups, out_hw,
+                                 x.itemsize, workspace_bytes)
     if subpixel:
         return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
                                           gemm, workspace_bytes)
@@ -423,6 +466,28 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     return y
 
 
+def uses_subpixel(x_shape, w_shape, stride, padding, dilation, groups, out_hw, itemsize,
+                  workspace_bytes=None):
+    """Whether :func:`conv_transpose2d` picks the sub-pixel form (``subpixel=None``):
+    where it applies and pays, and one image's buffers keep the workspace bound."""
+    n_batch, c_in, h_in, w_in = x_shape
+    c_out_g, k_h, k_w = w_shape[1:]
+    c_in_g = c_in // groups
+    phase_hw = _phase_grid(out_hw, stride, padding)[1]
+    rows = c_in_g * (k_h // stride[0]) * (k_w // stride[1]) + c_out_g * stride[0] * stride[1]
+    out_bytes = n_batch * c_out_g * groups * out_hw[0] * out_hw[1] * itemsize
+    return (_subpixel_pays((c_in_g, c_out_g), (k_h, k_w), stride, dilation, (h_in, w_in),
+                           phase_hw)
+            and _one_image_fits(rows * phase_hw[0] * phase_hw[1] * itemsize, workspace_bytes,
+                                out_bytes))
+
+
+def subpixel_applies(kernel_hw, stride, dilation):
+    """Whether the sub-pixel forms exist: kernel sizes multiples of the strides,
+    dilation 1."""
+    return (kernel_hw[0] % stride[0], kernel_hw[1] % stride[1], *dilation) == (0, 0, 1, 1)
+
+
 def _subpixel_pays(channels, kernel_hw, stride, dilation, in_hw, phase_hw):
     """Whether the sub-pixel form applies (kernel sizes multiples of the strides,
     dilation 1) and moves less data than the column form: per input pixel its input
@@ -431,7 +496,7 @@ def _subpixel_pays(channels, kernel_hw, stride, dilation, in_hw, phase_hw):
     (``phase_hw``) also overhangs the input by a border that the padding shifts in,
     which small images pay for in wasted products: allow at most 30% more."""
     (c_in_g, c_out_g), (k_h, k_w), (sh, sw) = channels, kernel_hw, stride
-    if (k_h % sh, k_w % sw, *dilation) != (0, 0, 1, 1):
+    if not subpixel_applies(kernel_hw, stride, dilation):
         return False
     if phase_hw[0] * phase_hw[1] > 1.3 * in_hw[0] * in_hw[1]:
         return False
@@ -463,12 +528,13 @@ def _phase_grid(out_hw, stride, padding):
 
 
 def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel, gemm,
-                               workspace_bytes):
+                               workspace_bytes, periodic=False):
     """The forward map when each kernel size is a multiple of its stride (dilation 1):
     output phase ``(rh, rw)`` is a stride-1 convolution of the input with the taps
     ``w[..., rh + sh * mh, rw + sw * mw]``, so one product per group gives every
     output pixel once (``z``), then a pixel shuffle writes ``y``: no column scatter.
-    With ``o + p = s * a + r``, output ``o`` gets ``x[a - m] * w[r + s * m]``.
+    With ``o + p = s * a + r``, output ``o`` gets ``x[a - m] * w[r + s * m]``;
+    ``periodic`` reads ``x``'s periodic extension.
     """
     n_batch, c_in, h_in, w_in = x.shape
     c_out_g, k_h, k_w = w.shape[1:]
@@ -491,7 +557,7 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
         z = z_buffer[:rows_z * nc * na_h * na_w].reshape(rows_z, nc * na_h * na_w)
         for g in range(groups):
             launch(_phase_im2col_jobs, _phase_im2col_parallel,
-                   (x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, g * c_in_g), rows_x,
+                   (x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, g * c_in_g, periodic), rows_x,
                    xc.size, parallel)
             gemm(w_phase[g], xc, z, False)
             launch(_pixel_shuffle_jobs, _pixel_shuffle_parallel,
@@ -510,7 +576,7 @@ def _subpixel_gradients_pay(channels, kernel_hw, stride, dilation, in_hw):
     keep a depth ``C_out_g * sh * sw`` of at least 16, and the grid overhangs the
     input by at most 30%."""
     (c_in_g, c_out_g), (k_h, k_w), (sh, sw), (h_in, w_in) = channels, kernel_hw, stride, in_hw
-    if (k_h % sh, k_w % sw, *dilation) != (0, 0, 1, 1) or (k_h, k_w) == (sh, sw):
+    if not subpixel_applies(kernel_hw, stride, dilation) or (k_h, k_w) == (sh, sw):
         return False
     if c_in_g > 64 or c_out_g * sh * sw < 16:
         return False
@@ -518,7 +584,7 @@ def _subpixel_gradients_pay(channels, kernel_hw, stride, dilation, in_hw):
 
 
 def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, parallel, gemm,
-                        workspace_bytes):
+                        workspace_bytes, periodic=False):
     """The input gradient ``gx`` (``conv2d(gy, w)``) and/or the weight gradient
     ``gw`` (``weight_correlation(x, gy)``), each an output array or None, when each
     kernel size is a multiple of its stride (dilation 1): the adjoint of the
@@ -533,7 +599,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     on a view of ``G``, with ``W_m[ci, (co, rh, rw)] = w[ci, co, rh + sh * mh, rw + sw * mw]``:
     ``gx_grid = sum_m W_m @ G[:, q + off_m]`` and ``gw_m = x_grid @ G[:, q + off_m].T``.
     Grid points beyond the input read past their image; they are discarded (``gx``)
-    or multiply zeros (``gw``).
+    or multiply zeros (``gw``). ``periodic`` reads ``gy``'s periodic extension.
     """
     (sh, sw), (ph, pw), (k_h, k_w) = stride, padding, kernel_hw
     kq_h, kq_w = k_h // sh, k_w // sw
@@ -559,13 +625,15 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
         g_all = g_buffer[:groups * rows_g * nc * na].reshape(groups * rows_g, nc * na)
         # G is the column gather of a kernel the size of the stride on the grid
         launch(_im2col_jobs, _im2col_parallel,
-               (gy, g_all, n0, 0, h_a, w_a, sh, sw, ph, pw, 1, 1, sh, sw), g_all.shape[0],
+               (gy, g_all, n0, 0, h_a, w_a, sh, sw, ph, pw, 1, 1, sh, sw, periodic),
+               g_all.shape[0],
                g_all.size, parallel)
         x_grid, gx_grid = (grid_buffer[i, :c_in * nc * na].reshape(c_in, nc * na)
                            for i in (0, grids - 1))
         if gw is not None:
             launch(_phase_im2col_jobs, _phase_im2col_parallel,
-                   (x, n0, x_grid, 0, 0, h_a, w_a, 1, 1, 0), c_in, x_grid.size, parallel)
+                   (x, n0, x_grid, 0, 0, h_a, w_a, 1, 1, 0, False), c_in, x_grid.size,
+                   parallel)
         span = nc * na - offsets[-1]  # grid columns whose every shift stays in G
         for g in range(groups):
             ci, rows = slice(g * c_in_g, (g + 1) * c_in_g), slice(g * rows_g, (g + 1) * rows_g)
@@ -589,8 +657,7 @@ def _use_subpixel_gradients(subpixel, n_batch, c_in, rows_g, groups, kernel_hw, 
                             dilation, in_hw, itemsize, workspace_bytes, out_bytes):
     """The backward maps' choice: ``subpixel`` forced (True where it applies), or
     where it pays and one image's buffers keep the workspace bound."""
-    if n_batch == 0 or (kernel_hw[0] % stride[0], kernel_hw[1] % stride[1], *dilation) \
-            != (0, 0, 1, 1):
+    if n_batch == 0 or not subpixel_applies(kernel_hw, stride, dilation):
         return False
     if subpixel is not None:
         return subpixel
@@ -628,7 +695,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
         x_image = x[n0].reshape(c_in, blocks.hw) if xt is None else xt
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g + c0, *in_hw, *geometry), cols.shape[0],
+                   (y, cols, n0, g * c_out_g + c0, *in_hw, *geometry, False), cols.shape[0],
                    cols.size, parallel)
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
                  x_image[g * c_in_g:(g + 1) * c_in_g], c0 > 0)
@@ -668,7 +735,8 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
         xt = _channels_first(x, n0, xt, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry), cols.shape[0],
+                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry, False),
+                   cols.shape[0],
                    cols.size, parallel)
             gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, _weight_matrix(w, g, c_in_g)[:, rows],
                  n0 > 0)
@@ -677,13 +745,19 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
 
 def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_out=None,
                               gw_out=None, parallel=None, gemm=numpy_gemm, workspace_bytes=None,
-                              subpixel=None):
+                              subpixel=None, periodic=False):
     """Both gradients of ``conv_transpose2d`` at once: ``conv2d(gy, w)`` into
     ``gx_out`` and ``weight_correlation(x, gy)`` into ``gw_out`` (each optional),
     sharing one gather of ``gy`` per batch chunk. ``subpixel`` forces (True, where
     kernel sizes are multiples of the strides and dilation is 1) or forbids the
-    sub-pixel form; None picks it where it pays. Returns (gx, gw)."""
+    sub-pixel form; None picks it where it pays. ``periodic`` reads ``gy`` as its
+    periodic extension instead of zero beyond its borders: the gradients of a
+    transposed convolution whose output wraps around (the circular mode where the
+    output is ``stride`` times the input). Returns (gx, gw)."""
     _check("conv_transpose2d_backward", x, w, gy)
+    if periodic and gy.shape[2] * gy.shape[3] == 0:
+        raise ValueError("conv_transpose2d_backward: a periodic output gradient needs a "
+                         f"non-empty plane, got {gy.shape}")
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
     if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g * stride[0] * stride[1], groups,
@@ -693,8 +767,9 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
             x, w, gy, stride, padding, groups, (k_h, k_w),
             _output("conv_transpose2d_backward", gx_out, x.shape, x.dtype),
             _output("conv_transpose2d_backward", gw_out, w.shape, x.dtype), parallel, gemm,
-            workspace_bytes)
+            workspace_bytes, periodic)
     if n_batch == 0 or _pointwise((h_in, w_in), padding, dilation, (k_h, k_w), gy.shape[2:]):
+        # (a pointwise layer reads no pixel off the image: periodic or not alike)
         gx = conv2d(gy, w, stride, padding, dilation, groups, (h_in, w_in), gx_out, parallel,
                     gemm, workspace_bytes)
         gw = weight_correlation(x, gy, stride, padding, dilation, groups, (k_h, k_w), gw_out,
@@ -712,7 +787,8 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
         gx_image = gx[n0].reshape(c_in, blocks.hw) if gxt is None else gxt
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (gy, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry), cols.shape[0],
+                   (gy, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry, periodic),
+                   cols.shape[0],
                    cols.size, parallel)
             group = slice(g * c_in_g, (g + 1) * c_in_g)
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols, gx_image[group], c0 > 0)

@@ -194,6 +194,64 @@ def test_gemm_subpixel_backward(parallel, workspace_bytes, problem):
         _close(got, want, dtype, bound.max() if bound.size else 0.0)
 
 
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
+@settings(max_examples=60, deadline=None)
+@given(problem=subpixel_geometries())
+def test_gemm_periodic_forward(parallel, problem):
+    """``periodic=True`` reads the input's periodic extension: torch's transposed
+    convolution of the input tiled far enough on each side that every contributing
+    pixel is in it, with the padding shifted by the tiling."""
+    geometry, shapes, dtype = problem
+    x, w, _, b = _arrays(geometry, shapes, dtype)
+    if shapes["n"] == 0:
+        return
+    out = kernels.gemm.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel,
+                                        periodic=True)
+    stride, padding, dilation, groups = geometry
+    tiles = [(k + p + o) // s + 1 for k, p, o, s in zip(shapes["kernel"], padding,
+                                                        shapes["out_hw"], stride)]
+    tiled = np.pad(x, ((0, 0), (0, 0), (tiles[0],) * 2, (tiles[1],) * 2), mode="wrap")
+    shifted = (stride, tuple(p + t * s for p, t, s in zip(padding, tiles, stride)), dilation,
+               groups)
+    bound = _torch_conv_transpose(abs(tiled), abs(w), abs(b), shifted, shapes["out_hw"])
+    _close(out, _torch_conv_transpose(tiled, w, b, shifted, shapes["out_hw"]), dtype,
+           bound.max() if bound.size else 0.0)
+
+
+def test_gemm_periodic_forward_needs_the_subpixel_form():
+    x, w = np.ones((1, 2, 3, 3)), np.ones((2, 1, 3, 3))
+    with pytest.raises(ValueError, match="periodic input needs the sub-pixel form"):
+        kernels.gemm.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (6, 6),
+                                      periodic=True)
+
+
+@pytest.mark.parametrize("form, problems", [(False, geometries()),
+                                             (True, subpixel_geometries())],
+                         ids=["columns", "subpixel"])
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), parallel=st.booleans())
+def test_gemm_periodic_backward(form, problems, data, parallel):
+    """``periodic=True`` reads the output gradient's periodic extension: the gradients
+    of ``<full, y_ext>``, where ``full`` is torch's uncropped (padding 0) transposed
+    convolution and ``y_ext[f] = y[(f - p) % H_out]`` (float64 autograd)."""
+    geometry, shapes, dtype = data.draw(problems)
+    x, w, y, _ = _arrays(geometry, shapes, dtype)
+    gx, gw = kernels.gemm.conv_transpose2d_backward(x, w, y, *geometry, parallel=parallel,
+                                                    subpixel=form, periodic=True)
+    stride, padding, dilation, groups = geometry
+
+    def gradients(x, w, y):
+        xt, wt = (torch.from_numpy(a).double().requires_grad_() for a in (x, w))
+        full = F.conv_transpose2d(xt, wt, None, stride, 0, 0, groups, dilation)
+        rows, cols = ((np.arange(f) - p) % n for f, p, n in zip(full.shape[2:], padding,
+                                                                y.shape[2:]))
+        y_ext = torch.from_numpy(y[:, :, rows][:, :, :, cols]).double()
+        return [g.numpy() for g in torch.autograd.grad((full * y_ext).sum(), (xt, wt))]
+
+    for got, want, bound in zip((gx, gw), gradients(x, w, y), gradients(abs(x), abs(w), abs(y))):
+        _close(got, want, dtype, bound.max() if bound.size else 0.0)
+
+
 @pytest.mark.parametrize("by_taps", [False, True], ids=["rows", "taps"])
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 @settings(max_examples=60, deadline=None)
