@@ -56,12 +56,12 @@ def _compute(map_name, shape, operands, geometry, size):
     return out
 
 
-def _both_gradients(x, w, gy, geometry):
-    """(grad_input, grad_weight) from one pass over ``gy`` where the dispatcher
-    allows it, else (None, None)."""
+def _both_gradients(x, w, gy, geometry, periodic=False):
+    """(grad_input, grad_weight) from one pass over ``gy`` (read as its periodic
+    extension if ``periodic``) where the dispatcher allows it, else (None, None)."""
     gx, gw = torch.empty(x.shape, dtype=x.dtype), torch.empty(w.shape, dtype=w.dtype)
     fused = _on_torch_threads(_dispatch.run_backward, _np(x), _np(w), _np(gy), geometry,
-                              gx.numpy(), gw.numpy())
+                              gx.numpy(), gw.numpy(), periodic)
     return (gx, gw) if fused else (None, None)
 
 
@@ -118,11 +118,16 @@ def _periodic_input_padding(in_hw, kernel_hw, geometry, out_hw):
 
 
 def _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap):
-    """The circular mode where the output is periodic in the input: the input padded
-    circularly by ``wrap``, then the zeros mode with padding ``p + wrap * s``."""
+    """The circular mode where the output is periodic in the input: the kernel that
+    reads the input's periodic extension where there is one, else the input padded
+    circularly by ``wrap`` and the zeros mode with padding ``p + wrap * s``."""
     stride, padding, dilation, groups = geometry
-    padding = tuple(p + q * s for p, q, s in zip(padding, wrap, stride))
     shape = (x.shape[0], w.shape[1] * groups) + tuple(out_hw)
+    out = torch.empty(shape, dtype=x.dtype)
+    if _on_torch_threads(_dispatch.run_periodic, _np(x), _np(w), _np(b), geometry,
+                         tuple(out_hw), out.numpy()):
+        return out
+    padding = tuple(p + q * s for p, q, s in zip(padding, wrap, stride))
     return _compute("conv_transpose2d", shape, (_pad_borders(x, wrap, "circular"), w, b),
                     (stride, padding, dilation, groups), out_hw)
 
@@ -186,19 +191,26 @@ class ConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        return (*_gradients(ctx, gy, gy, ctx.geometry), None, None)
+        return (*_gradients(ctx, gy), None, None)
 
 
-def _gradients(ctx, gy, gz, geometry):
-    """(grad_input, grad_weight, grad_bias) of ``T(x, w) + b`` (``x, w`` saved in
-    ``ctx``) where ``gz`` is the output gradient as the zeros-mode map with
-    ``geometry`` sees it and ``gy`` the layer's own (for the bias)."""
+def _gradients(ctx, gy, periodic=False):
+    """(grad_input, grad_weight, grad_bias) of ``T(x, w) + b`` with ``x, w`` and the
+    geometry saved in ``ctx``. ``periodic``: the output wraps around (the periodic
+    circular case), so ``gy`` enters the adjoints as its periodic extension: read so
+    by the fused kernel, else padded circularly by ``p`` for the padding-0 maps."""
     x, w = map(_conj, ctx.saved_tensors)
-    needs = ctx.needs_input_grad
+    needs, geometry = ctx.needs_input_grad, ctx.geometry
     gx = gw = gb = None
     if needs[0] and needs[1] and not torch.is_grad_enabled():
         # no graph to record: fuse
-        gx, gw = _both_gradients(x, w, gz, geometry)
+        gx, gw = _both_gradients(x, w, gy, geometry, periodic)
+    gz = gy
+    if periodic and ((needs[0] and gx is None) or (needs[1] and gw is None)):
+        stride, padding, dilation, groups = geometry
+        gz = (PadBordersFunction.apply(gy, padding, "circular") if _needs_graph(gy)
+              else _pad_borders(gy, padding, "circular"))
+        geometry = (stride, (0, 0), dilation, groups)
     if needs[0] and gx is None:
         gx = Conv2dFunction.apply(gz, w, geometry, x.shape[2:])
     if needs[1] and gw is None:
@@ -212,8 +224,8 @@ class PeriodicConvTranspose2dFunction(torch.autograd.Function):
     """``(x, w, b, geometry, out_hw, wrap) -> (N, C_out, *out_hw)``: the circular mode
     where the output is periodic in the input (:func:`_periodic_input_padding`).
     Forward pads the input; backward takes the other, cheaper form of the same
-    adjoint: the output gradient padded circularly by ``p``, then the zeros-mode
-    gradients with padding 0 over the unpadded input (no fold, fewer columns)."""
+    adjoint: the zeros-mode gradients over the unpadded input of the output
+    gradient's periodic extension (no fold, fewer columns)."""
 
     @staticmethod
     def forward(ctx, x, w, b, geometry, out_hw, wrap):
@@ -223,10 +235,7 @@ class PeriodicConvTranspose2dFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gy):
-        stride, padding, dilation, groups = ctx.geometry
-        gz = (PadBordersFunction.apply(gy, padding, "circular") if _needs_graph(gy)
-              else _pad_borders(gy, padding, "circular"))
-        return (*_gradients(ctx, gy, gz, (stride, (0, 0), dilation, groups)), None, None, None)
+        return (*_gradients(ctx, gy, periodic=True), None, None, None)
 
 
 class Conv2dFunction(torch.autograd.Function):

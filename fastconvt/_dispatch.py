@@ -109,10 +109,27 @@ def run(map_name, operands, geometry, size, out):
     return name
 
 
-def run_backward(x, w, gy, geometry, gx, gw):
-    """Both gradients of the transposed convolution in one pass over ``gy`` when the
-    GEMM family computes both maps (NumPy arrays, outputs ``gx`` and ``gw``).
-    Returns False, computing nothing, where the maps would run separately."""
+def run_periodic(x, w, b, geometry, out_hw, out):
+    """The transposed convolution of ``x``'s periodic extension into ``out`` (NumPy
+    arrays) where the GEMM family computes this configuration in its sub-pixel form,
+    the only one that reads a periodic input. Returns False, computing nothing,
+    elsewhere."""
+    stride, padding, dilation, groups = geometry
+    name = family("conv_transpose2d", (x.shape, w.shape), x.dtype, geometry, tuple(out_hw),
+                  out.shape)
+    if name != "gemm" or not kernels.gemm.uses_subpixel(x.shape, w.shape, *geometry, out_hw,
+                                                        x.itemsize):
+        return False
+    kernels.gemm.conv_transpose2d(x, w, b, *geometry, out_hw, out=out, gemm=torch_gemm,
+                                  periodic=True)
+    return True
+
+
+def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
+    """Both gradients of the transposed convolution in one pass over ``gy`` (read as
+    its periodic extension if ``periodic``) when the GEMM family computes both maps
+    (NumPy arrays, outputs ``gx`` and ``gw``). Returns False, computing nothing,
+    where the maps would run separately."""
     if _autotune and _forced.get() is None:
         return False  # the maps are tuned one by one
     conv = family("conv2d", (gy.shape, w.shape), gy.dtype, geometry, x.shape[2:], x.shape)
@@ -121,7 +138,7 @@ def run_backward(x, w, gy, geometry, gx, gw):
     if conv != "gemm" or corr != "gemm":
         return False
     kernels.gemm.conv_transpose2d_backward(x, w, gy, *geometry, gx_out=gx, gw_out=gw,
-                                           gemm=torch_gemm)
+                                           gemm=torch_gemm, periodic=periodic)
     return True
 
 

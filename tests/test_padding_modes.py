@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
-from fastconvt import _autograd
+from fastconvt import _autograd, kernels
 from conftest import (DTYPES, LAYOUTS, RTOL, assert_close, check_values_and_gradients,
                       reference, with_layout)
 
@@ -172,6 +172,8 @@ CASES = {
     "padding-beyond-output": ((1, 1, 1, 2), 1, 1, (7, 3), 1, (3, 1), 0, 1, True),
     # output = stride x input: circular pads the input instead of folding the output
     "periodic": ((2, 2, 3, 4), 4, 2, (4, 3), 2, (1, 2), (0, 1), (1, 2), True),
+    # ... where the GEMM family's sub-pixel forms read the periodic extension directly
+    "periodic-subpixel": ((1, 2, 8, 8), 4, 1, 4, 2, 1, 0, 1, True),
 }
 
 
@@ -295,6 +297,23 @@ def test_periodic_case_pads_the_input():
     assert out_hw == tuple(n * s for n, s in zip(y.shape[-2:], geometry[0]))
     assert _autograd._periodic_input_padding(y.shape[-2:], weight.shape[2:], geometry,
                                              out_hw) is not None
+
+
+def test_periodic_subpixel_case_reads_the_periodic_input(monkeypatch):
+    """With the GEMM family, the "periodic-subpixel" case runs the kernels that read
+    the periodic extension of the input (forward) and of the output gradient
+    (backward), not the padding path (its values are checked with every other case)."""
+    (y, weight, bias), kw = _case("periodic-subpixel")
+    calls = []
+    for name in ("conv_transpose2d", "conv_transpose2d_backward"):
+        original = getattr(kernels.gemm, name)
+        monkeypatch.setattr(kernels.gemm, name, lambda *args, _f=original, _n=name, **kws:
+                            calls.append((_n, kws.get("periodic"))) or _f(*args, **kws))
+    with fastconvt.use_family("gemm"):
+        out = fastconvt.conv_transpose2d(y.requires_grad_(), weight.requires_grad_(), bias, **kw,
+                                         padding_mode="circular")
+        torch.autograd.grad(out.sum(), (y, weight))
+    assert calls == [("conv_transpose2d", True), ("conv_transpose2d_backward", True)]
 
 
 def _complex_oracle(y, weight, bias, kw, mode):
