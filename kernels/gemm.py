@@ -270,29 +270,36 @@ def _phase_im2col_parallel(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, per
 
 
 @njit(inline="always", **JIT)
-def _interleave_pairs(even, odd, base, pw, b, out):
-    """``out[ow] = (even, odd)[t % 2][base + t // 2] + b`` with ``t = ow + pw``: one
-    output row of stride 2 from its two phase rows."""
-    if out.shape[0] == 0:
+def _interleave_pairs(even, odd, row, q_first, na_w, pw, b, out):
+    """``out[ow] = (even, odd)[t % 2][row + (q_first + t // 2 - pw // 2) % na_w] + b``
+    with ``t = ow + pw`` and ``q_first`` the grid column of ``t = pw``: one output row
+    of stride 2 from its two phase rows."""
+    w_out = out.shape[0]
+    if w_out == 0:
         return
     t0 = pw + pw % 2  # the first even t
     if pw % 2:
-        out[0] = odd[base + pw // 2] + b
-    q0, m = base + t0 // 2, (pw + out.shape[0] - t0) // 2
+        out[0] = odd[row + q_first % na_w] + b
+    q0, m = q_first + pw % 2, (pw + w_out - t0) // 2  # grid column of t0; pairs
     o0 = t0 - pw
-    for j in range(m):
-        out[o0 + 2 * j] = even[q0 + j] + b
-        out[o0 + 2 * j + 1] = odd[q0 + j] + b
-    if (pw + out.shape[0] - t0) % 2:
-        out[out.shape[0] - 1] = even[q0 + m] + b
+    inside = max(0, min(m, na_w - q0))  # pairs before the grid wraps (all, unless periodic)
+    for j in range(inside):
+        out[o0 + 2 * j] = even[row + q0 + j] + b
+        out[o0 + 2 * j + 1] = odd[row + q0 + j] + b
+    for j in range(inside, m):
+        out[o0 + 2 * j] = even[row + (q0 + j) % na_w] + b
+        out[o0 + 2 * j + 1] = odd[row + (q0 + j) % na_w] + b
+    if (pw + w_out - t0) % 2:
+        out[w_out - 1] = even[row + (q0 + m) % na_w] + b
 
 
 @njit(**JIT)
 def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, pw,
                         job_lo, job_hi):
     """``y[n0 + n, co0 + c, oh, ow] = z[(c, rh, rw), (n, ah, aw)] + bias`` where
-    ``oh + ph = sh * (a0h + ah) + rh`` (likewise ow); job -> plane (n, c), images
-    fastest."""
+    ``oh + ph = sh * (a0h + ah) + rh`` (likewise ow), grid indices ``ah, aw`` modulo
+    the grid's size (which wraps only a periodic input's grid, one period long);
+    job -> plane (n, c), images fastest."""
     h_out, w_out = y.shape[2], y.shape[3]
     c_out_g = z.shape[0] // (sh * sw)
     na = na_h * na_w
@@ -303,23 +310,27 @@ def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, p
         co = co0 + c
         b = bias[co] if bias.shape[0] > 0 else 0.0
         for oh in range(h_out):
-            ah, rh = (oh + ph) // sh - a0h, (oh + ph) % sh
+            ah, rh = ((oh + ph) // sh - a0h) % na_h, (oh + ph) % sh
+            grid_row = n * na + ah * na_w
             if sw == 2:  # the common stride: pairs of phases, contiguous stores
                 row = (c * sh + rh) * 2
-                _interleave_pairs(z[row], z[row + 1], n * na + ah * na_w - a0w, pw, b,
+                _interleave_pairs(z[row], z[row + 1], grid_row, pw // 2 - a0w, na_w, pw, b,
                                   y[n0 + n, co, oh])
                 continue
             for rw in range(sw):
                 ow0 = (rw - pw) % sw  # first output column of phase rw
                 if ow0 >= w_out:
                     continue
-                # unsigned indices: no negative-index wraparound, so it vectorises
-                m = uint64((w_out - ow0 + sw - 1) // sw)
+                m = (w_out - ow0 + sw - 1) // sw
                 row = (c * sh + rh) * sw + rw
-                a0 = uint64(n * na + ah * na_w + (ow0 + pw) // sw - a0w)
-                b0 = uint64(ow0)
-                for j in range(m):
+                q0 = (ow0 + pw) // sw - a0w
+                inside = max(0, min(m, na_w - q0))
+                # unsigned indices: no negative-index wraparound, so it vectorises
+                a0, b0 = uint64(grid_row + q0), uint64(ow0)
+                for j in range(uint64(inside)):
                     y[n0 + n, co, oh, b0 + j * su] = z[row, a0 + j] + b
+                for j in range(inside, m):
+                    y[n0 + n, co, oh, ow0 + j * sw] = z[row, grid_row + (q0 + j) % na_w] + b
 
 
 @njit(parallel=True, **JIT)
@@ -542,6 +553,9 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
     c_in_g, kq_h, kq_w = c_in // groups, k_h // sh, k_w // sw
     h_out, w_out = y.shape[2], y.shape[3]
     (a0h, a0w), (na_h, na_w) = _phase_grid((h_out, w_out), stride, padding)
+    if periodic:
+        # the phases of a periodic input are periodic too: one period of grid suffices
+        na_h, na_w = min(na_h, h_in), min(na_w, w_in)
     # W'_g[(c, rh, rw), (ci, mh, mw)] = w[ci, c, rh + sh * mh, rw + sw * mw]
     w_phase = np.ascontiguousarray(
         w.reshape(groups, c_in_g, c_out_g, kq_h, sh, kq_w, sw).transpose(0, 2, 4, 6, 1, 3, 5)
