@@ -216,18 +216,48 @@ def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, 
 
 
 @njit(**JIT)
+def _phase_taps(w, taps, to_taps):
+    """``taps[g, mh, mw, ci, co, rh, rw] = w[g * C_in_g + ci, co, rh + sh * mh, rw + sw * mw]``
+    (``taps`` C-contiguous, of shape ``(groups, kq_h, kq_w, C_in_g, C_out_g, sh, sw)``):
+    the kernel by stride phase ``(rh, rw)`` and shift ``(mh, mw)``, copied into
+    ``taps`` if ``to_taps``, else back into ``w``."""
+    groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw = taps.shape
+    for g in range(groups):
+        for ci in range(c_in_g):
+            for co in range(c_out_g):
+                for mh in range(kq_h):
+                    for rh in range(sh):
+                        for mw in range(kq_w):
+                            for rw in range(sw):
+                                if to_taps:
+                                    taps[g, mh, mw, ci, co, rh, rw] = \
+                                        w[g * c_in_g + ci, co, rh + sh * mh, rw + sw * mw]
+                                else:
+                                    w[g * c_in_g + ci, co, rh + sh * mh, rw + sw * mw] = \
+                                        taps[g, mh, mw, ci, co, rh, rw]
+
+
+def _taps_of(w, groups, stride):
+    """The :func:`_phase_taps` layout of ``w``, as ``(groups, kq_h * kq_w, C_in_g,
+    C_out_g * sh * sw)``."""
+    (sh, sw), (c_in, c_out_g, k_h, k_w) = stride, w.shape
+    taps = np.empty((groups, k_h // sh, k_w // sw, c_in // groups, c_out_g, sh, sw), w.dtype)
+    _phase_taps(w, taps, True)
+    return taps.reshape(groups, (k_h // sh) * (k_w // sw), c_in // groups, c_out_g * sh * sw)
+
+
+@njit(**JIT)
 def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, periodic, job_lo,
                        job_hi):
-    """``xc[(ci, mh, mw), (n, ah, aw)] = x[n0 + n, ci0 + ci, a0h + ah - mh, a0w + aw - mw]``
+    """``xc[(mh, mw, ci), (n, ah, aw)] = x[n0 + n, ci0 + ci, a0h + ah - mh, a0w + aw - mw]``
     (0 off the image, or for ``periodic`` the image's periodic extension: indices
-    modulo its size); job -> row ``(ci, mh, mw)``."""
+    modulo its size); job -> row ``(mh, mw, ci)``."""
     h_in, w_in = x.shape[2], x.shape[3]
     na = na_h * na_w
     n_batch = xc.shape[1] // na
+    c_rows = xc.shape[0] // (kq_h * kq_w)
     for job in range(job_lo, job_hi):
-        mw = job % kq_w
-        mh = (job // kq_w) % kq_h
-        ci = ci0 + job // (kq_h * kq_w)
+        ci, mh, mw = ci0 + job % c_rows, job // c_rows // kq_w, job // c_rows % kq_w
         off_w = a0w - mw  # input column of aw = 0
         aw_lo, aw_hi = max(0, -off_w), min(na_w, w_in - off_w)
         if periodic:
@@ -556,11 +586,9 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
     if periodic:
         # the phases of a periodic input are periodic too: one period of grid suffices
         na_h, na_w = min(na_h, h_in), min(na_w, w_in)
-    # W'_g[(c, rh, rw), (ci, mh, mw)] = w[ci, c, rh + sh * mh, rw + sw * mw]
-    w_phase = np.ascontiguousarray(
-        w.reshape(groups, c_in_g, c_out_g, kq_h, sh, kq_w, sw).transpose(0, 2, 4, 6, 1, 3, 5)
-    ).reshape(groups, c_out_g * sh * sw, c_in_g * kq_h * kq_w)
     rows_x, rows_z = c_in_g * kq_h * kq_w, c_out_g * sh * sw
+    # W'_g[(mh, mw, ci), (c, rh, rw)] = w[ci, c, rh + sh * mh, rw + sw * mw]
+    w_phase = _taps_of(w, groups, stride).reshape(groups, rows_x, rows_z)
     images = _chunk_images(n_batch, (rows_x + rows_z) * na_h * na_w * x.itemsize,
                            workspace_bytes)
     xc_buffer = np.empty(rows_x * images * na_h * na_w, x.dtype)
@@ -573,7 +601,7 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
             launch(_phase_im2col_jobs, _phase_im2col_parallel,
                    (x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, g * c_in_g, periodic), rows_x,
                    xc.size, parallel)
-            gemm(w_phase[g], xc, z, False)
+            gemm(w_phase[g].T, xc, z, False)
             launch(_pixel_shuffle_jobs, _pixel_shuffle_parallel,
                    (z, bias, y, n0, g * c_out_g, a0h, a0w, na_h, na_w, sh, sw, ph, pw),
                    nc * c_out_g, z.size, parallel)
@@ -610,7 +638,8 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     of ``Ha x Wa = (H_in + kq_h - 1) x (W_in + kq_w - 1)`` points per image, and the
     input on the same grid (zero beyond ``H_in x W_in``). Flattened, the shift
     ``(mh, mw)`` is the column offset ``mh * Wa + mw``, so each shift is one product
-    on a view of ``G``, with ``W_m[ci, (co, rh, rw)] = w[ci, co, rh + sh * mh, rw + sw * mw]``:
+    on a view of ``G``, with ``W_m[ci, (co, rh, rw)] = w[ci, co, rh + sh * mh, rw + sw * mw]``
+    (:func:`_phase_taps`):
     ``gx_grid = sum_m W_m @ G[:, q + off_m]`` and ``gw_m = x_grid @ G[:, q + off_m].T``.
     Grid points beyond the input read past their image; they are discarded (``gx``)
     or multiply zeros (``gw``). ``periodic`` reads ``gy``'s periodic extension.
@@ -629,11 +658,10 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     grid_buffer = np.empty((grids, c_in * images * na), gy.dtype)
     c_out_g = rows_g // (sh * sw)
     if gx is not None:
-        w_m = np.ascontiguousarray(
-            w.reshape(c_in, c_out_g, kq_h, sh, kq_w, sw).transpose(2, 4, 0, 1, 3, 5)
-        ).reshape(kq_h * kq_w, c_in, rows_g)
+        w_m = _taps_of(w, groups, stride)
     if gw is not None:
-        gw_m = np.empty((kq_h * kq_w, c_in, rows_g), gy.dtype)
+        gw_m = np.empty((groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw), gy.dtype)
+        gw_products = gw_m.reshape(groups, kq_h * kq_w, c_in_g, rows_g)
     for n0 in range(0, n_batch, images):
         nc = min(images, n_batch - n0)
         g_all = g_buffer[:groups * rows_g * nc * na].reshape(groups * rows_g, nc * na)
@@ -654,16 +682,15 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
             for m, offset in enumerate(offsets):
                 shifted = g_all[rows, offset:offset + span]
                 if gx is not None:
-                    gemm(w_m[m, ci], shifted, gx_grid[ci, :span], m > 0)
+                    gemm(w_m[g, m], shifted, gx_grid[ci, :span], m > 0)
                 if gw is not None:
-                    gemm(x_grid[ci, :span], shifted.T, gw_m[m, ci], n0 > 0)
+                    gemm(x_grid[ci, :span], shifted.T, gw_products[g, m], n0 > 0)
         if gx is not None:
             launch(_pixel_shuffle_jobs, _pixel_shuffle_parallel,
                    (gx_grid, np.empty(0, gy.dtype), gx, n0, 0, 0, 0, h_a, w_a, 1, 1, 0, 0),
                    nc * c_in, gx_grid.size, parallel)
     if gw is not None:
-        gw.reshape(c_in, c_out_g, kq_h, sh, kq_w, sw)[...] = \
-            gw_m.reshape(kq_h, kq_w, c_in, c_out_g, sh, sw).transpose(2, 3, 0, 4, 1, 5)
+        _phase_taps(gw, gw_m, False)
     return gx, gw
 
 
