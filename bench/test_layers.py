@@ -143,11 +143,8 @@ def _family(layer, x, weight, forced):
     select = getattr(fastconvt, "select_family", None)
     if select is None:
         return "-"
-    args = layer.functional_args()
-    if layer.padding_mode != "zeros":
-        args["padding"] = 0  # fastconvt computes these unpadded, then folds the borders
     try:
-        return str(select(x.detach(), weight.detach(), **args))
+        return str(select(x.detach(), weight.detach(), **layer.functional_args()))
     except Exception as error:  # noqa: BLE001 - the report shows it, the timing goes on
         return f"error: {type(error).__name__}"
 
