@@ -13,6 +13,14 @@ column matrix ``cols`` has rows ``(c, kh, kw)`` and columns ``(n, ih, iw)``:
   ``X_g = W_g @ cols``.
 * ``weight_correlation``: ``_im2col`` as above, then ``W_g += X_g @ cols.T`` over chunks.
 
+Where each kernel size is a multiple of its stride (dilation 1) the sub-pixel forms
+split the kernel by stride phase ``r`` and shift ``m`` (``k = r + s * m``): the
+forward is one product per group over the input's phase columns followed by a pixel
+shuffle (:func:`_subpixel_conv_transpose2d`), and both backward maps are one product
+per shift over a phase gather of ``gy`` (:func:`_subpixel_gradients`). ``periodic``
+variants read the input (forward) or the output gradient (backward) as periodic
+images: the circular mode where the output is ``stride`` times the input.
+
 Matrix products go through ``gemm(a, b, out, accumulate)`` (``out = a @ b`` or
 ``out += a @ b``); the default uses NumPy's BLAS, and callers may pass another
 (fastconvt passes torch's, which shares torch's thread pool). The batch is
