@@ -59,24 +59,41 @@ def _tap_range(offset, stride, n_in, n_out):
 
 
 @njit(**JIT)
-def _channels_first_jobs(x, n0, xt, to_xt, job_lo, job_hi):
-    """Copy between images ``x[n0 + n, ci]`` and channels-first columns
-    ``xt[ci, n * HW:(n + 1) * HW]``: into ``xt`` if ``to_xt``, else back into ``x``;
-    job -> (n, ci)."""
-    c_in, hw = x.shape[1], x.shape[2] * x.shape[3]
+def _channels_first_jobs(x, n0, xt, to_xt, h_a, w_a, job_lo, job_hi):
+    """Copy between images ``x[n0 + n, ci, i, j]`` and channels-first columns on a grid
+    of ``h_a x w_a >= H x W`` points per image, ``xt[ci, n * h_a * w_a + i * w_a + j]``:
+    into ``xt`` if ``to_xt`` (its points beyond the image set to 0), else back into
+    ``x``; job -> (n, ci)."""
+    c_in, h, w = x.shape[1], x.shape[2], x.shape[3]
+    na = h_a * w_a
     for job in range(job_lo, job_hi):
         n, ci = job // c_in, job % c_in
-        image, columns = x[n0 + n, ci].ravel(), xt[ci, n * hw:(n + 1) * hw]
-        src, dst = (image, columns) if to_xt else (columns, image)
-        for p in range(hw):
-            dst[p] = src[p]
+        image, columns = x[n0 + n, ci].ravel(), xt[ci, n * na:(n + 1) * na]
+        if w_a == w:  # rows back to back: one run
+            src, dst = (image, columns) if to_xt else (columns, image)
+            for p in range(h * w):
+                dst[p] = src[p]
+            if to_xt:
+                columns[h * w:] = 0.0
+            continue
+        if to_xt:
+            columns[:] = 0.0
+        for i in range(h):
+            # unsigned indices: no negative-index wraparound, so it vectorises
+            a, b = uint64(i * w), uint64(i * w_a)
+            if to_xt:
+                for j in range(uint64(w)):
+                    columns[b + j] = image[a + j]
+            else:
+                for j in range(uint64(w)):
+                    image[a + j] = columns[b + j]
 
 
 @njit(parallel=True, **JIT)
-def _channels_first_parallel(x, n0, xt, to_xt, n_chunks):
-    n_jobs = (xt.shape[1] // (x.shape[2] * x.shape[3])) * x.shape[1]
+def _channels_first_parallel(x, n0, xt, to_xt, h_a, w_a, n_chunks):
+    n_jobs = (xt.shape[1] // (h_a * w_a)) * x.shape[1]
     for t in prange(n_chunks):
-        _channels_first_jobs(x, n0, xt, to_xt, t * n_jobs // n_chunks,
+        _channels_first_jobs(x, n0, xt, to_xt, h_a, w_a, t * n_jobs // n_chunks,
                              (t + 1) * n_jobs // n_chunks)
 
 
@@ -440,8 +457,8 @@ def _channels_first(x, n0, xt, parallel):
     if xt is None:
         return x[n0].reshape(x.shape[1], x.shape[2] * x.shape[3])
     n_jobs = xt.size // (x.shape[2] * x.shape[3])  # (image, channel) pairs
-    launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True), n_jobs, xt.size,
-           parallel)
+    launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True, *x.shape[2:]),
+           n_jobs, xt.size, parallel)
     return xt
 
 
@@ -681,9 +698,8 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
         x_grid, gx_grid = (grid_buffer[i, :c_in * nc * na].reshape(c_in, nc * na)
                            for i in (0, grids - 1))
         if gw is not None:
-            launch(_phase_im2col_jobs, _phase_im2col_parallel,
-                   (x, n0, x_grid, 0, 0, h_a, w_a, 1, 1, 0, False), c_in, x_grid.size,
-                   parallel)
+            launch(_channels_first_jobs, _channels_first_parallel,
+                   (x, n0, x_grid, True, h_a, w_a), nc * c_in, x_grid.size, parallel)
         span = nc * na - offsets[-1]  # grid columns whose every shift stays in G
         for g in range(groups):
             ci, rows = slice(g * c_in_g, (g + 1) * c_in_g), slice(g * rows_g, (g + 1) * rows_g)
@@ -694,9 +710,8 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
                 if gw is not None:
                     gemm(x_grid[ci, :span], shifted.T, gw_products[g, m], n0 > 0)
         if gx is not None:
-            launch(_pixel_shuffle_jobs, _pixel_shuffle_parallel,
-                   (gx_grid, np.empty(0, gy.dtype), gx, n0, 0, 0, 0, h_a, w_a, 1, 1, 0, 0),
-                   nc * c_in, gx_grid.size, parallel)
+            launch(_channels_first_jobs, _channels_first_parallel,
+                   (gx, n0, gx_grid, False, h_a, w_a), nc * c_in, gx_grid.size, parallel)
     if gw is not None:
         _phase_taps(gw, gw_m, False)
     return gx, gw
@@ -749,7 +764,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
                  x_image[g * c_in_g:(g + 1) * c_in_g], c0 > 0)
         if xt is not None:
-            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, False),
+            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, False, *in_hw),
                    nc * c_in, xt.size, parallel)
     return x
 
@@ -843,6 +858,7 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols, gx_image[group], c0 > 0)
             gemm(xt[group], cols.T, _weight_matrix(gw, g, c_in_g)[:, rows], n0 > 0)
         if gxt is not None:
-            launch(_channels_first_jobs, _channels_first_parallel, (gx, n0, gxt, False),
+            launch(_channels_first_jobs, _channels_first_parallel,
+                   (gx, n0, gxt, False, h_in, w_in),
                    nc * c_in, gxt.size, parallel)
     return gx, gw
