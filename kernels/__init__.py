@@ -34,6 +34,14 @@ def warmup(dtypes=("float32", "float64")):
             for by_taps in (False, True):  # both scatters of the column form
                 gemm.conv_transpose2d(x, w, None, *geometry, (4, 4), parallel=parallel,
                                       subpixel=False, by_taps=by_taps)
+            # the sub-pixel forms (forward, backward), plain and periodic
+            w4 = np.ones((2, 1, 4, 4), dtype)
+            y = np.ones((2, 2, 6, 6), dtype)
+            for periodic in (False, True):
+                gemm.conv_transpose2d(x, w4, None, *geometry, (6, 6), parallel=parallel,
+                                      subpixel=True, periodic=periodic)
+                gemm.conv_transpose2d_backward(x, w4, y, *geometry, parallel=parallel,
+                                               subpixel=True, periodic=periodic)
             for mode in borders.MODES:
                 z = borders.pad_borders(x, (1, 1), mode, parallel=parallel)
                 borders.fold_borders(z, np.ones(2, dtype), (1, 1), mode, parallel=parallel)
