@@ -223,9 +223,9 @@ def _gradients(ctx, gy, periodic=False):
 class PeriodicConvTranspose2dFunction(torch.autograd.Function):
     """``(x, w, b, geometry, out_hw, wrap) -> (N, C_out, *out_hw)``: the circular mode
     where the output is periodic in the input (:func:`_periodic_input_padding`).
-    Forward pads the input; backward takes the other, cheaper form of the same
-    adjoint: the zeros-mode gradients over the unpadded input of the output
-    gradient's periodic extension (no fold, fewer columns)."""
+    Forward: :func:`_periodic_conv_transpose2d`. Backward: the zeros-mode gradients
+    over the unpadded input of the output gradient's periodic extension (no fold,
+    fewer columns than the padded input's)."""
 
     @staticmethod
     def forward(ctx, x, w, b, geometry, out_hw, wrap):

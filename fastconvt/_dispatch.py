@@ -114,7 +114,6 @@ def run_periodic(x, w, b, geometry, out_hw, out):
     arrays) where the GEMM family computes this configuration in its sub-pixel form,
     the only one that reads a periodic input. Returns False, computing nothing,
     elsewhere."""
-    stride, padding, dilation, groups = geometry
     name = family("conv_transpose2d", (x.shape, w.shape), x.dtype, geometry, tuple(out_hw),
                   out.shape)
     if name != "gemm" or not kernels.gemm.uses_subpixel(x.shape, w.shape, *geometry, out_hw,

@@ -683,7 +683,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     grid_buffer = np.empty((grids, c_in * images * na), gy.dtype)
     c_out_g = rows_g // (sh * sw)
     if gx is not None:
-        w_m = _taps_of(w, groups, stride)
+        taps = _taps_of(w, groups, stride)
     if gw is not None:
         gw_m = np.empty((groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw), gy.dtype)
         gw_products = gw_m.reshape(groups, kq_h * kq_w, c_in_g, rows_g)
@@ -693,8 +693,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
         # G is the column gather of a kernel the size of the stride on the grid
         launch(_im2col_jobs, _im2col_parallel,
                (gy, g_all, n0, 0, h_a, w_a, sh, sw, ph, pw, 1, 1, sh, sw, periodic),
-               g_all.shape[0],
-               g_all.size, parallel)
+               g_all.shape[0], g_all.size, parallel)
         x_grid, gx_grid = (grid_buffer[i, :c_in * nc * na].reshape(c_in, nc * na)
                            for i in (0, grids - 1))
         if gw is not None:
@@ -706,7 +705,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
             for m, offset in enumerate(offsets):
                 shifted = g_all[rows, offset:offset + span]
                 if gx is not None:
-                    gemm(w_m[g, m], shifted, gx_grid[ci, :span], m > 0)
+                    gemm(taps[g, m], shifted, gx_grid[ci, :span], m > 0)
                 if gw is not None:
                     gemm(x_grid[ci, :span], shifted.T, gw_products[g, m], n0 > 0)
         if gx is not None:
@@ -717,7 +716,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     return gx, gw
 
 
-def _use_subpixel_gradients(subpixel, n_batch, c_in, rows_g, groups, kernel_hw, stride,
+def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw, stride,
                             dilation, in_hw, itemsize, workspace_bytes, out_bytes):
     """The backward maps' choice: ``subpixel`` forced (True where it applies), or
     where it pays and one image's buffers keep the workspace bound."""
@@ -726,10 +725,10 @@ def _use_subpixel_gradients(subpixel, n_batch, c_in, rows_g, groups, kernel_hw, 
     if subpixel is not None:
         return subpixel
     grid = (in_hw[0] + kernel_hw[0] // stride[0] - 1) * (in_hw[1] + kernel_hw[1] // stride[1] - 1)
-    return (_subpixel_gradients_pay((c_in // groups, rows_g // (stride[0] * stride[1])),
-                                    kernel_hw, stride, dilation, in_hw)
-            and _one_image_fits((groups * rows_g + 2 * c_in) * grid * itemsize, workspace_bytes,
-                                out_bytes))
+    rows = groups * c_out_g * stride[0] * stride[1] + 2 * c_in  # gathered gy, two input grids
+    return (_subpixel_gradients_pay((c_in // groups, c_out_g), kernel_hw, stride, dilation,
+                                    in_hw)
+            and _one_image_fits(rows * grid * itemsize, workspace_bytes, out_bytes))
 
 
 def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=None,
@@ -741,7 +740,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
     c_in_g = c_in // groups
     x = _output("conv2d", out, (n_batch, c_in) + tuple(in_hw), y.dtype)
-    if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g * stride[0] * stride[1], groups,
+    if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
                                (k_h, k_w), stride, dilation, in_hw, y.itemsize, workspace_bytes,
                                x.nbytes):
         return _subpixel_gradients(None, w, y, stride, padding, groups, (k_h, k_w), x, None,
@@ -781,7 +780,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     if n_batch == 0:
         w[...] = 0.0
         return w
-    if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g * stride[0] * stride[1], groups,
+    if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
                                kernel_hw, stride, dilation, (h_in, w_in), x.itemsize,
                                workspace_bytes, x.nbytes):
         return _subpixel_gradients(x, None, y, stride, padding, groups, kernel_hw, None, w,
@@ -824,7 +823,7 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
                          f"non-empty plane, got {gy.shape}")
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
-    if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g * stride[0] * stride[1], groups,
+    if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
                                (k_h, k_w), stride, dilation, (h_in, w_in), x.itemsize,
                                workspace_bytes, x.nbytes):
         return _subpixel_gradients(
