@@ -1,0 +1,26 @@
+"""``bench/paired.py``, the paired timing behind the README's in-process ratios: it runs
+from a clean checkout and reports what it timed."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "paired.py"
+
+
+def test_paired_timing_runs_and_reports_a_ratio_inside_its_interval():
+    done = subprocess.run([sys.executable, str(SCRIPT), "article-1to1-k3s2-4x4", "--pairs", "5",
+                           "--dtype", "float64"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"article-1to1-k3s2-4x4 float64 forward\+backward, 5 interleaved pairs, "
+                      r"\d+ threads: torch ([\d.]+) ms, fastconvt ([\d.]+) ms; speed-up ([\d.]+)x "
+                      r"\(95% bootstrap ([\d.]+)-([\d.]+)\)", done.stdout)
+    assert found, done.stdout
+    torch_ms, fast_ms, ratio, lo, hi = map(float, found.groups())
+    assert torch_ms > 0 and fast_ms > 0 and lo <= ratio <= hi
+
+
+def test_paired_timing_rejects_an_unknown_layer():
+    done = subprocess.run([sys.executable, str(SCRIPT), "no-such-layer"], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 2 and "invalid choice" in done.stderr
