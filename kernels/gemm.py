@@ -512,6 +512,10 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     if subpixel is None:
         subpixel = uses_subpixel(x.shape, w.shape, stride, padding, dilation, groups, out_hw,
                                  x.itemsize, workspace_bytes)
+    elif subpixel and not subpixel_applies((k_h, k_w), stride, dilation):
+        raise ValueError("conv_transpose2d: the sub-pixel form needs kernel sizes that are "
+                         f"multiples of the strides and dilation 1; got kernel {(k_h, k_w)}, "
+                         f"stride {stride}, dilation {dilation}")
     if subpixel:
         return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
                                           gemm, workspace_bytes)
@@ -562,7 +566,7 @@ def _subpixel_pays(channels, kernel_hw, stride, dilation, in_hw, phase_hw):
     (``phase_hw``) also overhangs the input by a border that the padding shifts in,
     which small images pay for in wasted products: allow at most 30% more."""
     (c_in_g, c_out_g), (k_h, k_w), (sh, sw) = channels, kernel_hw, stride
-    if not subpixel_applies(kernel_hw, stride, dilation):
+    if not subpixel_applies(kernel_hw, stride, dilation) or in_hw[0] * in_hw[1] == 0:
         return False
     if phase_hw[0] * phase_hw[1] > 1.3 * in_hw[0] * in_hw[1]:
         return False
@@ -713,6 +717,11 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
                    (gx, n0, gx_grid, False, h_a, w_a), nc * c_in, gx_grid.size, parallel)
     if gw is not None:
         _phase_taps(gw, gw_m, False)
+        if not np.isfinite(gw).all():
+            # an Inf or NaN in gy also meets the grid's zero overhang (0 * Inf = NaN, in
+            # taps torch leaves finite): the column form pairs real pixels only
+            weight_correlation(x, gy, stride, padding, (1, 1), groups, kernel_hw, gw, parallel,
+                               gemm, workspace_bytes, subpixel=False, periodic=periodic)
     return gx, gw
 
 
@@ -720,7 +729,8 @@ def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw,
                             dilation, in_hw, itemsize, workspace_bytes, out_bytes):
     """The backward maps' choice: ``subpixel`` forced (True where it applies), or
     where it pays and one image's buffers keep the workspace bound."""
-    if n_batch == 0 or not subpixel_applies(kernel_hw, stride, dilation):
+    if n_batch == 0 or in_hw[0] * in_hw[1] == 0 or not subpixel_applies(kernel_hw, stride,
+                                                                          dilation):
         return False
     if subpixel is not None:
         return subpixel
@@ -732,9 +742,11 @@ def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw,
 
 
 def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=None,
-           gemm=numpy_gemm, workspace_bytes=None, subpixel=None):
+           gemm=numpy_gemm, workspace_bytes=None, subpixel=None, periodic=False):
     """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``; the
-    arguments and result of :func:`fastconvt.kernels.direct.conv2d`."""
+    arguments and result of :func:`fastconvt.kernels.direct.conv2d`. ``subpixel`` and
+    ``periodic`` (``y`` read as its periodic extension) as in
+    :func:`conv_transpose2d_backward`."""
     _check("conv2d", y, w)
     n_batch = y.shape[0]
     c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
@@ -744,7 +756,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
                                (k_h, k_w), stride, dilation, in_hw, y.itemsize, workspace_bytes,
                                x.nbytes):
         return _subpixel_gradients(None, w, y, stride, padding, groups, (k_h, k_w), x, None,
-                                   parallel, gemm, workspace_bytes)[0]
+                                   parallel, gemm, workspace_bytes, periodic)[0]
     if _pointwise(in_hw, padding, dilation, (k_h, k_w), y.shape[2:]):
         x_rows = x.reshape(n_batch, c_in)
         y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
@@ -758,7 +770,8 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
         x_image = x[n0].reshape(c_in, blocks.hw) if xt is None else xt
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g + c0, *in_hw, *geometry, False), cols.shape[0],
+                   (y, cols, n0, g * c_out_g + c0, *in_hw, *geometry, periodic),
+                   cols.shape[0],
                    cols.size, parallel)
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
                  x_image[g * c_in_g:(g + 1) * c_in_g], c0 > 0)
@@ -769,9 +782,11 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
 
 
 def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=None,
-                       parallel=None, gemm=numpy_gemm, workspace_bytes=None, subpixel=None):
+                       parallel=None, gemm=numpy_gemm, workspace_bytes=None, subpixel=None,
+                       periodic=False):
     """Weight correlation giving ``(C_in, C_out // groups, *kernel_hw)``; the
-    arguments and result of :func:`fastconvt.kernels.direct.weight_correlation`."""
+    arguments and result of :func:`fastconvt.kernels.direct.weight_correlation`.
+    ``subpixel`` and ``periodic`` as in :func:`conv_transpose2d_backward`."""
     _check("weight_correlation", x, y)
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, c_out_g = c_in // groups, y.shape[1] // groups
@@ -784,7 +799,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
                                kernel_hw, stride, dilation, (h_in, w_in), x.itemsize,
                                workspace_bytes, x.nbytes):
         return _subpixel_gradients(x, None, y, stride, padding, groups, kernel_hw, None, w,
-                                   parallel, gemm, workspace_bytes)[1]
+                                   parallel, gemm, workspace_bytes, periodic)[1]
     if _pointwise((h_in, w_in), padding, dilation, kernel_hw, y.shape[2:]):
         x_rows = x.reshape(n_batch, c_in)
         y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
@@ -798,7 +813,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
         xt = _channels_first(x, n0, xt, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry, False),
+                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry, periodic),
                    cols.shape[0],
                    cols.size, parallel)
             gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, _weight_matrix(w, g, c_in_g)[:, rows],

@@ -97,6 +97,24 @@ def test_nan_propagates_like_torch(dtype):
     assert torch.equal(out.isinf(), ref.isinf())
 
 
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+def test_non_finite_output_gradient_reaches_the_gradients_like_torch(value):
+    """A DCGAN-like layer whose gradients take the GEMM family's sub-pixel backward: an
+    Inf or NaN in the output gradient reaches the same entries of both gradients as in
+    torch, no more."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 16, 16, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(16, 8, 4, 4, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(1, 8, 32, 32, dtype=torch.float64)
+    grad[0, 0, 0, 31] = value
+    got = torch.autograd.grad(fastconvt.conv_transpose2d(x, weight, stride=2, padding=1),
+                              (x, weight), grad)
+    want = torch.autograd.grad(reference(x, weight, None, stride=2, padding=1), (x, weight),
+                               grad)
+    for g, r in zip(got, want):
+        assert torch.equal(g.isnan(), r.isnan()) and torch.equal(g.isinf(), r.isinf())
+
+
 @st.composite
 def problems(draw):
     """A random valid call: tensors, keyword arguments and the dtype."""

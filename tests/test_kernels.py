@@ -194,6 +194,31 @@ def test_gemm_subpixel_backward(parallel, workspace_bytes, problem):
         _close(got, want, dtype, bound.max() if bound.size else 0.0)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@settings(max_examples=60, deadline=None)
+@given(problem=subpixel_geometries(), value=st.sampled_from([np.inf, -np.inf, np.nan]),
+       where=st.floats(0, 1, exclude_max=True))
+def test_gemm_subpixel_backward_non_finite_gradient_as_torch(problem, value, where):
+    """An Inf or NaN in the output gradient reaches both gradients exactly where it does
+    in torch's (the sub-pixel grid's zero overhang must not turn it into NaN elsewhere)."""
+    geometry, shapes, _ = problem
+    x, w, y, _ = _arrays(geometry, shapes, np.float64)
+    if y.size == 0:
+        return
+    y.ravel()[int(where * y.size)] = value
+    fused = kernels.gemm.conv_transpose2d_backward(x, w, y, *geometry, subpixel=True)
+    for got, want in zip(fused, _torch_gradients(x, w, y, geometry, shapes["out_hw"])):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
+def test_gemm_subpixel_forward_only_where_it_applies():
+    x, w = np.ones((1, 2, 3, 3)), np.ones((2, 1, 3, 3))
+    with pytest.raises(ValueError, match="sub-pixel form needs kernel sizes"):
+        kernels.gemm.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (6, 6),
+                                      subpixel=True)
+
+
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 @settings(max_examples=60, deadline=None)
 @given(problem=subpixel_geometries())
@@ -236,8 +261,11 @@ def test_gemm_periodic_backward(form, problems, data, parallel):
     convolution and ``y_ext[f] = y[(f - p) % H_out]`` (float64 autograd)."""
     geometry, shapes, dtype = data.draw(problems)
     x, w, y, _ = _arrays(geometry, shapes, dtype)
-    gx, gw = kernels.gemm.conv_transpose2d_backward(x, w, y, *geometry, parallel=parallel,
-                                                    subpixel=form, periodic=True)
+    g = kernels.gemm
+    options = dict(parallel=parallel, subpixel=form, periodic=True)
+    fused = g.conv_transpose2d_backward(x, w, y, *geometry, **options)
+    apart = (g.conv2d(y, w, *geometry, shapes["size"], **options),
+             g.weight_correlation(x, y, *geometry, shapes["kernel"], **options))
     stride, padding, dilation, groups = geometry
 
     def gradients(x, w, y):
@@ -248,7 +276,8 @@ def test_gemm_periodic_backward(form, problems, data, parallel):
         y_ext = torch.from_numpy(y[:, :, rows][:, :, :, cols]).double()
         return [g.numpy() for g in torch.autograd.grad((full * y_ext).sum(), (xt, wt))]
 
-    for got, want, bound in zip((gx, gw), gradients(x, w, y), gradients(abs(x), abs(w), abs(y))):
+    for got, want, bound in zip(fused + apart, 2 * gradients(x, w, y),
+                                2 * gradients(abs(x), abs(w), abs(y))):
         _close(got, want, dtype, bound.max() if bound.size else 0.0)
 
 
