@@ -637,21 +637,29 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
     return y
 
 
-def _subpixel_gradients_pay(channels, kernel_hw, stride, dilation, in_hw):
-    """Whether the sub-pixel form of the backward maps applies (kernel sizes
-    multiples of the strides, dilation 1) and pays. Its gather is ``(k / s)^2``
-    times smaller than the column form's, but it splits each product into
-    ``(k / s)^2`` smaller ones over a grid that overhangs the input. Measured on the
-    benchmark's layers (1.1-1.6x where chosen, 0.4-0.9x elsewhere): it pays where
-    the gather dominates, few input channels per group (at most 64), the products
-    keep a depth ``C_out_g * sh * sw`` of at least 16, and the grid overhangs the
-    input by at most 30%."""
-    (c_in_g, c_out_g), (k_h, k_w), (sh, sw), (h_in, w_in) = channels, kernel_hw, stride, in_hw
-    if not subpixel_applies(kernel_hw, stride, dilation) or (k_h, k_w) == (sh, sw):
+def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw, stride,
+                            dilation, in_hw, itemsize, workspace_bytes, out_bytes):
+    """Whether the backward maps take the sub-pixel form: ``subpixel`` forced (True
+    where it applies: kernel sizes multiples of the strides, dilation 1), or where it
+    pays and one image's buffers keep the workspace bound.
+
+    Its gather is ``(k / s)^2`` times smaller than the column form's, but it splits
+    each product into ``(k / s)^2`` smaller ones over a grid that overhangs the input.
+    Measured on the benchmark's layers (1.1-1.6x where chosen, 0.4-0.9x elsewhere): it
+    pays where the gather dominates, few input channels per group (at most 64), the
+    products keep a depth ``C_out_g * sh * sw`` of at least 16, the kernel is larger
+    than the stride, and the grid overhangs the input by at most 30%."""
+    (k_h, k_w), (sh, sw), (h_in, w_in) = kernel_hw, stride, in_hw
+    if n_batch == 0 or h_in * w_in == 0 or not subpixel_applies(kernel_hw, stride, dilation):
         return False
-    if c_in_g > 64 or c_out_g * sh * sw < 16:
+    if subpixel is not None:
+        return subpixel
+    grid = (h_in + k_h // sh - 1) * (w_in + k_w // sw - 1)
+    if (k_h, k_w) == (sh, sw) or c_in // groups > 64 or c_out_g * sh * sw < 16 \
+            or grid > 1.3 * h_in * w_in:
         return False
-    return (h_in + k_h // sh - 1) * (w_in + k_w // sw - 1) <= 1.3 * h_in * w_in
+    rows = groups * c_out_g * sh * sw + 2 * c_in  # gathered gy, two input grids
+    return _one_image_fits(rows * grid * itemsize, workspace_bytes, out_bytes)
 
 
 def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, parallel, gemm,
@@ -723,22 +731,6 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
             weight_correlation(x, gy, stride, padding, (1, 1), groups, kernel_hw, gw, parallel,
                                gemm, workspace_bytes, subpixel=False, periodic=periodic)
     return gx, gw
-
-
-def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw, stride,
-                            dilation, in_hw, itemsize, workspace_bytes, out_bytes):
-    """The backward maps' choice: ``subpixel`` forced (True where it applies), or
-    where it pays and one image's buffers keep the workspace bound."""
-    if n_batch == 0 or in_hw[0] * in_hw[1] == 0 or not subpixel_applies(kernel_hw, stride,
-                                                                          dilation):
-        return False
-    if subpixel is not None:
-        return subpixel
-    grid = (in_hw[0] + kernel_hw[0] // stride[0] - 1) * (in_hw[1] + kernel_hw[1] // stride[1] - 1)
-    rows = groups * c_out_g * stride[0] * stride[1] + 2 * c_in  # gathered gy, two input grids
-    return (_subpixel_gradients_pay((c_in // groups, c_out_g), kernel_hw, stride, dilation,
-                                    in_hw)
-            and _one_image_fits(rows * grid * itemsize, workspace_bytes, out_bytes))
 
 
 def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=None,

@@ -173,6 +173,14 @@ def _torch_gradients(x, w, y, geometry, out_hw):
     return tuple(np.zeros(a.shape) if g is None else g.numpy() for g, a in ((gx, x), (gw, w)))
 
 
+def _gemm_gradients(x, w, y, geometry, shapes, **options):
+    """``(gx, gw)`` of the GEMM family's fused backward, then of its two maps apart."""
+    g = kernels.gemm
+    return (g.conv_transpose2d_backward(x, w, y, *geometry, **options)
+            + (g.conv2d(y, w, *geometry, shapes["size"], **options),
+               g.weight_correlation(x, y, *geometry, shapes["kernel"], **options)))
+
+
 @pytest.mark.parametrize("workspace_bytes", [None, 600], ids=["whole", "few-images"])
 @pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
 @settings(max_examples=60, deadline=None)
@@ -182,14 +190,10 @@ def test_gemm_subpixel_backward(parallel, workspace_bytes, problem):
     torch's autograd."""
     geometry, shapes, dtype = problem
     x, w, y, _ = _arrays(geometry, shapes, dtype)
-    g = kernels.gemm
-    options = dict(parallel=parallel, workspace_bytes=workspace_bytes, subpixel=True)
-    fused = g.conv_transpose2d_backward(x, w, y, *geometry, **options)
-    apart = (g.conv2d(y, w, *geometry, shapes["size"], **options),
-             g.weight_correlation(x, y, *geometry, shapes["kernel"], **options))
+    got = _gemm_gradients(x, w, y, geometry, shapes, parallel=parallel,
+                          workspace_bytes=workspace_bytes, subpixel=True)
     bounds = _torch_gradients(abs(x), abs(w), abs(y), geometry, shapes["out_hw"])
-    for got, want, bound in zip(fused + apart, 2 * _torch_gradients(x, w, y, geometry,
-                                                                    shapes["out_hw"]),
+    for got, want, bound in zip(got, 2 * _torch_gradients(x, w, y, geometry, shapes["out_hw"]),
                                 2 * bounds):
         _close(got, want, dtype, bound.max() if bound.size else 0.0)
 
@@ -261,11 +265,8 @@ def test_gemm_periodic_backward(form, problems, data, parallel):
     convolution and ``y_ext[f] = y[(f - p) % H_out]`` (float64 autograd)."""
     geometry, shapes, dtype = data.draw(problems)
     x, w, y, _ = _arrays(geometry, shapes, dtype)
-    g = kernels.gemm
-    options = dict(parallel=parallel, subpixel=form, periodic=True)
-    fused = g.conv_transpose2d_backward(x, w, y, *geometry, **options)
-    apart = (g.conv2d(y, w, *geometry, shapes["size"], **options),
-             g.weight_correlation(x, y, *geometry, shapes["kernel"], **options))
+    got = _gemm_gradients(x, w, y, geometry, shapes, parallel=parallel, subpixel=form,
+                          periodic=True)
     stride, padding, dilation, groups = geometry
 
     def gradients(x, w, y):
@@ -276,7 +277,7 @@ def test_gemm_periodic_backward(form, problems, data, parallel):
         y_ext = torch.from_numpy(y[:, :, rows][:, :, :, cols]).double()
         return [g.numpy() for g in torch.autograd.grad((full * y_ext).sum(), (xt, wt))]
 
-    for got, want, bound in zip(fused + apart, 2 * gradients(x, w, y),
+    for got, want, bound in zip(got, 2 * gradients(x, w, y),
                                 2 * gradients(abs(x), abs(w), abs(y))):
         _close(got, want, dtype, bound.max() if bound.size else 0.0)
 
