@@ -648,15 +648,16 @@ def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw,
     Measured on the benchmark's layers (1.1-1.6x where chosen, 0.4-0.9x elsewhere): it
     pays where the gather dominates, few input channels per group (at most 64), the
     products keep a depth ``C_out_g * sh * sw`` of at least 16, the kernel is larger
-    than the stride, and the grid overhangs the input by at most 30%."""
+    than the stride, the stride is more than 1 (stride-1 layer: 0.85-0.94x), and the
+    grid overhangs the input by at most 30%."""
     (k_h, k_w), (sh, sw), (h_in, w_in) = kernel_hw, stride, in_hw
     if n_batch == 0 or h_in * w_in == 0 or not subpixel_applies(kernel_hw, stride, dilation):
         return False
     if subpixel is not None:
         return subpixel
     grid = (h_in + k_h // sh - 1) * (w_in + k_w // sw - 1)
-    if (k_h, k_w) == (sh, sw) or c_in // groups > 64 or c_out_g * sh * sw < 16 \
-            or grid > 1.3 * h_in * w_in:
+    if (k_h, k_w) == (sh, sw) or (sh, sw) == (1, 1) or c_in // groups > 64 \
+            or c_out_g * sh * sw < 16 or grid > 1.3 * h_in * w_in:
         return False
     rows = groups * c_out_g * sh * sw + 2 * c_in  # gathered gy, two input grids
     return _one_image_fits(rows * grid * itemsize, workspace_bytes, out_bytes)
