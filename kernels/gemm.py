@@ -241,33 +241,54 @@ def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, 
 
 
 @njit(**JIT)
-def _phase_taps(w, taps, to_taps):
+def _phase_taps_jobs(w, taps, to_taps, job_lo, job_hi):
     """``taps[g, mh, mw, ci, co, rh, rw] = w[g * C_in_g + ci, co, rh + sh * mh, rw + sw * mw]``
     (``taps`` C-contiguous, of shape ``(groups, kq_h, kq_w, C_in_g, C_out_g, sh, sw)``):
     the kernel by stride phase ``(rh, rw)`` and shift ``(mh, mw)``, copied into
-    ``taps`` if ``to_taps``, else back into ``w``."""
+    ``taps`` if ``to_taps``, else back into ``w``; job -> kernel block ``(g, ci, co)``."""
     groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw = taps.shape
-    for g in range(groups):
-        for ci in range(c_in_g):
-            for co in range(c_out_g):
-                for mh in range(kq_h):
-                    for rh in range(sh):
-                        for mw in range(kq_w):
-                            for rw in range(sw):
-                                if to_taps:
-                                    taps[g, mh, mw, ci, co, rh, rw] = \
-                                        w[g * c_in_g + ci, co, rh + sh * mh, rw + sw * mw]
-                                else:
-                                    w[g * c_in_g + ci, co, rh + sh * mh, rw + sw * mw] = \
-                                        taps[g, mh, mw, ci, co, rh, rw]
+    k_h, k_w = w.shape[2], w.shape[3]
+    kk, shifts, phases, blocks = k_h * k_w, kq_h * kq_w, sh * sw, c_in_g * c_out_g
+    # offset[m, r]: where tap (shift m, phase r) sits in its block w[ci, co].ravel()
+    offset = np.empty((shifts, phases), np.int64)
+    for mh in range(kq_h):
+        for mw in range(kq_w):
+            for rh in range(sh):
+                for rw in range(sw):
+                    offset[mh * kq_w + mw, rh * sw + rw] = (rh + sh * mh) * k_w + rw + sw * mw
+    flat_w, flat_taps = w.reshape(-1), taps.reshape(-1)
+    for job in range(job_lo, job_hi):
+        g, block = job // blocks, job % blocks
+        src = job * kk
+        for m in range(shifts):
+            dst = ((g * shifts + m) * blocks + block) * phases
+            if to_taps:
+                for r in range(phases):
+                    flat_taps[dst + r] = flat_w[src + offset[m, r]]
+            else:
+                for r in range(phases):
+                    flat_w[src + offset[m, r]] = flat_taps[dst + r]
 
 
-def _taps_of(w, groups, stride):
-    """The :func:`_phase_taps` layout of ``w``, as ``(groups, kq_h * kq_w, C_in_g,
+@njit(parallel=True, **JIT)
+def _phase_taps_parallel(w, taps, to_taps, n_chunks):
+    n_jobs = taps.shape[0] * taps.shape[3] * taps.shape[4]
+    for t in prange(n_chunks):
+        _phase_taps_jobs(w, taps, to_taps, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+
+
+def _phase_taps(w, taps, to_taps, parallel=None):
+    """:func:`_phase_taps_jobs` over every kernel block."""
+    launch(_phase_taps_jobs, _phase_taps_parallel, (w, taps, to_taps),
+           taps.shape[0] * taps.shape[3] * taps.shape[4], taps.size, parallel)
+
+
+def _taps_of(w, groups, stride, parallel=None):
+    """The :func:`_phase_taps_jobs` layout of ``w``, as ``(groups, kq_h * kq_w, C_in_g,
     C_out_g * sh * sw)``."""
     (sh, sw), (c_in, c_out_g, k_h, k_w) = stride, w.shape
     taps = np.empty((groups, k_h // sh, k_w // sw, c_in // groups, c_out_g, sh, sw), w.dtype)
-    _phase_taps(w, taps, True)
+    _phase_taps(w, taps, True, parallel)
     return taps.reshape(groups, (k_h // sh) * (k_w // sw), c_in // groups, c_out_g * sh * sw)
 
 
@@ -617,7 +638,7 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
         na_h, na_w = min(na_h, h_in), min(na_w, w_in)
     rows_x, rows_z = c_in_g * kq_h * kq_w, c_out_g * sh * sw
     # W'_g[(mh, mw, ci), (c, rh, rw)] = w[ci, c, rh + sh * mh, rw + sw * mw]
-    w_phase = _taps_of(w, groups, stride).reshape(groups, rows_x, rows_z)
+    w_phase = _taps_of(w, groups, stride, parallel).reshape(groups, rows_x, rows_z)
     images = _chunk_images(n_batch, (rows_x + rows_z) * na_h * na_w * x.itemsize,
                            workspace_bytes)
     xc_buffer = np.empty(rows_x * images * na_h * na_w, x.dtype)
@@ -677,7 +698,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     input on the same grid (zero beyond ``H_in x W_in``). Flattened, the shift
     ``(mh, mw)`` is the column offset ``mh * Wa + mw``, so each shift is one product
     on a view of ``G``, with ``W_m[ci, (co, rh, rw)] = w[ci, co, rh + sh * mh, rw + sw * mw]``
-    (:func:`_phase_taps`):
+    (:func:`_phase_taps_jobs`):
     ``gx_grid = sum_m W_m @ G[:, q + off_m]`` and ``gw_m = x_grid @ G[:, q + off_m].T``.
     Grid points beyond the input read past their image; they are discarded (``gx``)
     or multiply zeros (``gw``). ``periodic`` reads ``gy``'s periodic extension.
@@ -696,7 +717,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     grid_buffer = np.empty((grids, c_in * images * na), gy.dtype)
     c_out_g = rows_g // (sh * sw)
     if gx is not None:
-        taps = _taps_of(w, groups, stride)
+        taps = _taps_of(w, groups, stride, parallel)
     if gw is not None:
         gw_m = np.empty((groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw), gy.dtype)
         gw_products = gw_m.reshape(groups, kq_h * kq_w, c_in_g, rows_g)
@@ -725,7 +746,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
             launch(_channels_first_jobs, _channels_first_parallel,
                    (gx, n0, gx_grid, False, h_a, w_a), nc * c_in, gx_grid.size, parallel)
     if gw is not None:
-        _phase_taps(gw, gw_m, False)
+        _phase_taps(gw, gw_m, False, parallel)
         if not np.isfinite(gw).all():
             # an Inf or NaN in gy also meets the grid's zero overhang (0 * Inf = NaN, in
             # taps torch leaves finite): the column form pairs real pixels only
