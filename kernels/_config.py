@@ -51,7 +51,8 @@ def _threading_layer():
 
 
 def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
-    """Run ``serial(*args, 0, n_jobs)`` or ``parallel(*args, n_chunks)``.
+    """Run ``serial(*args, 0, n_jobs)`` or ``parallel(*args, n_chunks)``; return its
+    result.
 
     ``use_parallel=None`` decides: parallel only for enough work, more than one
     job and more than one thread, and never in a process forked from one whose
@@ -61,19 +62,16 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
     """
     if use_parallel is False or (use_parallel is None and (work < PARALLEL_MIN_WORK
                                                            or n_jobs < 2)):
-        serial(*args, 0, n_jobs)  # no thread-count query: it costs ~1 us
-        return
+        return serial(*args, 0, n_jobs)  # no thread-count query: it costs ~1 us
     threads = numba.get_num_threads()
     if use_parallel is None and (threads < 2 or (_forked_child
                                                  and _threading_layer() == "omp")):
-        serial(*args, 0, n_jobs)
-        return
+        return serial(*args, 0, n_jobs)
     n_chunks = min(n_jobs, CHUNKS_PER_THREAD * threads)
     if _threading_layer() in (None, "workqueue"):
         with _workqueue_lock:
-            parallel(*args, n_chunks)
-    else:
-        parallel(*args, n_chunks)
+            return parallel(*args, n_chunks)
+    return parallel(*args, n_chunks)
 
 
 @contextmanager

@@ -245,7 +245,8 @@ def _phase_taps_jobs(w, taps, to_taps, job_lo, job_hi):
     """``taps[g, mh, mw, ci, co, rh, rw] = w[g * C_in_g + ci, co, rh + sh * mh, rw + sw * mw]``
     (``taps`` C-contiguous, of shape ``(groups, kq_h, kq_w, C_in_g, C_out_g, sh, sw)``):
     the kernel by stride phase ``(rh, rw)`` and shift ``(mh, mw)``, copied into
-    ``taps`` if ``to_taps``, else back into ``w``; job -> kernel block ``(g, ci, co)``."""
+    ``taps`` if ``to_taps``, else back into ``w``; job -> kernel block ``(g, ci, co)``.
+    Returns how many of the values copied into ``taps`` are Inf or NaN."""
     groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw = taps.shape
     k_h, k_w = w.shape[2], w.shape[3]
     kk, shifts, phases, blocks = k_h * k_w, kq_h * kq_w, sh * sw, c_in_g * c_out_g
@@ -257,6 +258,7 @@ def _phase_taps_jobs(w, taps, to_taps, job_lo, job_hi):
                 for rw in range(sw):
                     offset[mh * kq_w + mw, rh * sw + rw] = (rh + sh * mh) * k_w + rw + sw * mw
     flat_w, flat_taps = w.reshape(-1), taps.reshape(-1)
+    non_finite = 0
     for job in range(job_lo, job_hi):
         g, block = job // blocks, job % blocks
         src = job * kk
@@ -264,32 +266,39 @@ def _phase_taps_jobs(w, taps, to_taps, job_lo, job_hi):
             dst = ((g * shifts + m) * blocks + block) * phases
             if to_taps:
                 for r in range(phases):
-                    flat_taps[dst + r] = flat_w[src + offset[m, r]]
+                    value = flat_w[src + offset[m, r]]
+                    flat_taps[dst + r] = value
+                    non_finite += not np.isfinite(value)
             else:
                 for r in range(phases):
                     flat_w[src + offset[m, r]] = flat_taps[dst + r]
+    return non_finite
 
 
 @njit(parallel=True, **JIT)
 def _phase_taps_parallel(w, taps, to_taps, n_chunks):
     n_jobs = taps.shape[0] * taps.shape[3] * taps.shape[4]
+    non_finite = 0
     for t in prange(n_chunks):
-        _phase_taps_jobs(w, taps, to_taps, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+        non_finite += _phase_taps_jobs(w, taps, to_taps, t * n_jobs // n_chunks,
+                                       (t + 1) * n_jobs // n_chunks)
+    return non_finite
 
 
 def _phase_taps(w, taps, to_taps, parallel=None):
     """:func:`_phase_taps_jobs` over every kernel block."""
-    launch(_phase_taps_jobs, _phase_taps_parallel, (w, taps, to_taps),
-           taps.shape[0] * taps.shape[3] * taps.shape[4], taps.size, parallel)
+    return launch(_phase_taps_jobs, _phase_taps_parallel, (w, taps, to_taps),
+                  taps.shape[0] * taps.shape[3] * taps.shape[4], taps.size, parallel)
 
 
 def _taps_of(w, groups, stride, parallel=None):
     """The :func:`_phase_taps_jobs` layout of ``w``, as ``(groups, kq_h * kq_w, C_in_g,
-    C_out_g * sh * sw)``."""
+    C_out_g * sh * sw)``, and whether every tap is finite."""
     (sh, sw), (c_in, c_out_g, k_h, k_w) = stride, w.shape
     taps = np.empty((groups, k_h // sh, k_w // sw, c_in // groups, c_out_g, sh, sw), w.dtype)
-    _phase_taps(w, taps, True, parallel)
-    return taps.reshape(groups, (k_h // sh) * (k_w // sw), c_in // groups, c_out_g * sh * sw)
+    finite = _phase_taps(w, taps, True, parallel) == 0
+    shape = (groups, (k_h // sh) * (k_w // sw), c_in // groups, c_out_g * sh * sw)
+    return taps.reshape(shape), finite
 
 
 @njit(**JIT)
@@ -638,7 +647,13 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
         na_h, na_w = min(na_h, h_in), min(na_w, w_in)
     rows_x, rows_z = c_in_g * kq_h * kq_w, c_out_g * sh * sw
     # W'_g[(mh, mw, ci), (c, rh, rw)] = w[ci, c, rh + sh * mh, rw + sw * mw]
-    w_phase = _taps_of(w, groups, stride, parallel).reshape(groups, rows_x, rows_z)
+    w_phase, finite = _taps_of(w, groups, stride, parallel)
+    if not (finite or periodic):
+        # an Inf or NaN tap would meet the phase columns' zeros off the image (0 * Inf =
+        # NaN, in outputs torch leaves finite): the column form pairs real pixels only
+        return conv_transpose2d(x, w, bias, stride, padding, (1, 1), groups, (h_out, w_out),
+                                y, parallel, gemm, workspace_bytes, subpixel=False)
+    w_phase = w_phase.reshape(groups, rows_x, rows_z)
     images = _chunk_images(n_batch, (rows_x + rows_z) * na_h * na_w * x.itemsize,
                            workspace_bytes)
     xc_buffer = np.empty(rows_x * images * na_h * na_w, x.dtype)
@@ -717,7 +732,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     grid_buffer = np.empty((grids, c_in * images * na), gy.dtype)
     c_out_g = rows_g // (sh * sw)
     if gx is not None:
-        taps = _taps_of(w, groups, stride, parallel)
+        taps = _taps_of(w, groups, stride, parallel)[0]
     if gw is not None:
         gw_m = np.empty((groups, kq_h, kq_w, c_in_g, c_out_g, sh, sw), gy.dtype)
         gw_products = gw_m.reshape(groups, kq_h * kq_w, c_in_g, rows_g)

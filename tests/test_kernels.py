@@ -216,6 +216,26 @@ def test_gemm_subpixel_backward_non_finite_gradient_as_torch(problem, value, whe
         np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+@pytest.mark.parametrize("parallel", [False, True], ids=["serial", "prange"])
+@settings(max_examples=60, deadline=None)
+@given(problem=subpixel_geometries(), value=st.sampled_from([np.inf, -np.inf, np.nan]),
+       where=st.floats(0, 1, exclude_max=True))
+def test_gemm_subpixel_forward_non_finite_weight_as_torch(parallel, problem, value, where):
+    """An Inf or NaN weight reaches the output exactly where it does in torch's (the
+    phase columns' zeros off the image must not turn it into NaN elsewhere)."""
+    geometry, shapes, _ = problem
+    x, w, _, b = _arrays(geometry, shapes, np.float64)
+    if w.size == 0:
+        return
+    w.ravel()[int(where * w.size)] = value
+    got = kernels.gemm.conv_transpose2d(x, w, b, *geometry, shapes["out_hw"], parallel=parallel,
+                                        subpixel=True)
+    want = _torch_conv_transpose(x, w, b, geometry, shapes["out_hw"])
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+
+
 def test_gemm_subpixel_forward_only_where_it_applies():
     x, w = np.ones((1, 2, 3, 3)), np.ones((2, 1, 3, 3))
     with pytest.raises(ValueError, match="sub-pixel form needs kernel sizes"):
