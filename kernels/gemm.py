@@ -504,6 +504,13 @@ def _weight_matrix(w, g, c_in_g):
     return w[g * c_in_g:(g + 1) * c_in_g].reshape(c_in_g, w.shape[1] * w.shape[2] * w.shape[3])
 
 
+def _writeable(*arrays):
+    """``arrays``, read-only ones copied: the layout kernels copy both ways in one
+    compiled function (into a buffer, or back into an output), which Numba cannot
+    compile for a read-only array."""
+    return tuple(a if a.flags.writeable else a.copy() for a in arrays)
+
+
 def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=None,
                      parallel=None, gemm=numpy_gemm, workspace_bytes=None, subpixel=None,
                      by_taps=None, periodic=False):
@@ -518,6 +525,7 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     times the input. Only the sub-pixel form computes it (see :func:`subpixel_applies`)."""
     bias = np.empty(0, x.dtype) if bias is None else bias
     _check("conv_transpose2d", x, w, bias)
+    x, w = _writeable(x, w)
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
     y = _output("conv_transpose2d", out, (n_batch, c_out_g * groups) + tuple(out_hw), x.dtype)
@@ -777,6 +785,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     ``periodic`` (``y`` read as its periodic extension) as in
     :func:`conv_transpose2d_backward`."""
     _check("conv2d", y, w)
+    y, w = _writeable(y, w)
     n_batch = y.shape[0]
     c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
     c_in_g = c_in // groups
@@ -817,6 +826,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     arguments and result of :func:`fastconvt.kernels.direct.weight_correlation`.
     ``subpixel`` and ``periodic`` as in :func:`conv_transpose2d_backward`."""
     _check("weight_correlation", x, y)
+    x, y = _writeable(x, y)
     n_batch, c_in, h_in, w_in = x.shape
     c_in_g, c_out_g = c_in // groups, y.shape[1] // groups
     k_h, k_w = kernel_hw
@@ -862,6 +872,7 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
     transposed convolution whose output wraps around (the circular mode where the
     output is ``stride`` times the input). Returns (gx, gw)."""
     _check("conv_transpose2d_backward", x, w, gy)
+    x, w, gy = _writeable(x, w, gy)
     if periodic and gy.shape[2] * gy.shape[3] == 0:
         raise ValueError("conv_transpose2d_backward: a periodic output gradient needs a "
                          f"non-empty plane, got {gy.shape}")

@@ -109,6 +109,30 @@ def test_family_rejects_bad_arrays(family):
         k.conv2d(x.astype(np.int64), w.astype(np.int64), *geometry, (3, 3))
 
 
+@pytest.mark.parametrize("form", [{}, {"subpixel": False}, {"subpixel": True}],
+                         ids=["direct", "gemm-columns", "gemm-sub-pixel"])
+def test_read_only_arrays(form):
+    """Read-only inputs (memory maps, ``np.frombuffer``) give the same results as
+    writeable ones."""
+    k = FAMILIES["direct" if not form else "gemm"]
+    rng = np.random.default_rng(0)
+    x, w, b = rng.standard_normal((2, 4, 5, 5)), rng.standard_normal((4, 3, 4, 4)), np.ones(3)
+    geometry = ((2, 2), (1, 1), (1, 1), 1)
+    y = k.conv_transpose2d(x, w, b, *geometry, (10, 10), **form)
+    calls = [lambda *a: k.conv_transpose2d(*a[:3], *geometry, (10, 10), **form),
+             lambda *a: k.conv2d(a[3], a[1], *geometry, (5, 5), **form),
+             lambda *a: k.weight_correlation(a[0], a[3], *geometry, (4, 4), **form)]
+    if form:
+        calls.append(lambda *a: k.conv_transpose2d_backward(a[0], a[1], a[3], *geometry, **form))
+    frozen = [a.copy() for a in (x, w, b, y)]
+    for a in frozen:
+        a.flags.writeable = False
+    for call in calls:
+        got, want = call(*frozen), call(x, w, b, y)
+        for got, want in zip(*(r if isinstance(r, tuple) else (r,) for r in (got, want))):
+            np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("workspace_bytes", [1, 600], ids=["one-channel", "few-images"])
 @settings(max_examples=60, deadline=None)
 @given(problem=geometries())
