@@ -486,10 +486,15 @@ def _channels_first(x, n0, xt, parallel):
     itself, already channels first."""
     if xt is None:
         return x[n0].reshape(x.shape[1], x.shape[2] * x.shape[3])
-    n_jobs = xt.size // (x.shape[2] * x.shape[3])  # (image, channel) pairs
-    launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, True, *x.shape[2:]),
-           n_jobs, xt.size, parallel)
+    _grid_copy(x, n0, xt.shape[1] // (x.shape[2] * x.shape[3]), xt, True, x.shape[2:], parallel)
     return xt
+
+
+def _grid_copy(x, n0, nc, xt, to_xt, grid_hw, parallel):
+    """:func:`_channels_first_jobs` for images ``n0 .. n0 + nc`` of ``x`` and their
+    columns ``xt`` on a ``grid_hw`` grid per image, in the direction ``to_xt``."""
+    launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, to_xt, *grid_hw),
+           nc * x.shape[1], xt.size, parallel)
 
 
 def _pointwise(in_hw, padding, dilation, kernel_hw, out_hw):
@@ -754,8 +759,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
         x_grid, gx_grid = (grid_buffer[i, :c_in * nc * na].reshape(c_in, nc * na)
                            for i in (0, grids - 1))
         if gw is not None:
-            launch(_channels_first_jobs, _channels_first_parallel,
-                   (x, n0, x_grid, True, h_a, w_a), nc * c_in, x_grid.size, parallel)
+            _grid_copy(x, n0, nc, x_grid, True, (h_a, w_a), parallel)
         span = nc * na - offsets[-1]  # grid columns whose every shift stays in G
         for g in range(groups):
             ci, rows = slice(g * c_in_g, (g + 1) * c_in_g), slice(g * rows_g, (g + 1) * rows_g)
@@ -766,8 +770,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
                 if gw is not None:
                     gemm(x_grid[ci, :span], shifted.T, gw_products[g, m], n0 > 0)
         if gx is not None:
-            launch(_channels_first_jobs, _channels_first_parallel,
-                   (gx, n0, gx_grid, False, h_a, w_a), nc * c_in, gx_grid.size, parallel)
+            _grid_copy(gx, n0, nc, gx_grid, False, (h_a, w_a), parallel)
     if gw is not None:
         _phase_taps(gw, gw_m, False, parallel)
         if not np.isfinite(gw).all():
@@ -814,8 +817,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
                  x_image[g * c_in_g:(g + 1) * c_in_g], c0 > 0)
         if xt is not None:
-            launch(_channels_first_jobs, _channels_first_parallel, (x, n0, xt, False, *in_hw),
-                   nc * c_in, xt.size, parallel)
+            _grid_copy(x, n0, nc, xt, False, in_hw, parallel)
     return x
 
 
@@ -912,7 +914,5 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols, gx_image[group], c0 > 0)
             gemm(xt[group], cols.T, _weight_matrix(gw, g, c_in_g)[:, rows], n0 > 0)
         if gxt is not None:
-            launch(_channels_first_jobs, _channels_first_parallel,
-                   (gx, n0, gxt, False, h_in, w_in),
-                   nc * c_in, gxt.size, parallel)
+            _grid_copy(gx, n0, nc, gxt, False, (h_in, w_in), parallel)
     return gx, gw
