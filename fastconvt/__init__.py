@@ -13,6 +13,6 @@ __all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "select_family", "s
 
 def warmup():
     """Compile (or load from Numba's on-disk cache) the float32 and float64 kernels
-    now rather than on first use: about 30 s the first time, under one once cached.
+    now rather than on first use: about 40 s the first time, under one once cached.
     Complex kernels still compile on first use."""
     kernels.warmup()
