@@ -306,7 +306,7 @@ def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, periodi
                        job_hi):
     """``xc[(mh, mw, ci), (n, ah, aw)] = x[n0 + n, ci0 + ci, a0h + ah - mh, a0w + aw - mw]``
     (0 off the image, or for ``periodic`` the image's periodic extension: indices
-    modulo its size); job -> row ``(mh, mw, ci)``."""
+    modulo its size, on a grid at most one period wide); job -> row ``(mh, mw, ci)``."""
     h_in, w_in = x.shape[2], x.shape[3]
     na = na_h * na_w
     n_batch = xc.shape[1] // na
@@ -314,22 +314,23 @@ def _phase_im2col_jobs(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, periodi
     for job in range(job_lo, job_hi):
         ci, mh, mw = ci0 + job % c_rows, job // c_rows // kq_w, job // c_rows % kq_w
         off_w = a0w - mw  # input column of aw = 0
-        aw_lo, aw_hi = max(0, -off_w), min(na_w, w_in - off_w)
         if periodic:
-            # columns aw in [aw_lo, aw_hi) read inside the row, the rest wrap around
-            aw_lo, aw_hi = min(aw_lo, na_w), max(min(aw_lo, na_w), aw_hi)
-            b0, m = uint64(aw_lo + off_w), uint64(aw_hi - aw_lo)
+            # from column off_w (mod w_in) to the row's end, then around from its start;
+            # unsigned indices: no negative-index wraparound, so it vectorises
+            d = off_w % w_in
+            run, rest = uint64(min(na_w, w_in - d)), uint64(max(0, na_w - (w_in - d)))
+            dst = xc[job]
             for n in range(n_batch):
+                image = x[n0 + n, ci].ravel()
                 for ah in range(na_h):
-                    row, a = x[n0 + n, ci, (a0h + ah - mh) % h_in], n * na + ah * na_w
-                    for aw in range(aw_lo):
-                        xc[job, a + aw] = row[(off_w + aw) % w_in]
-                    a0 = uint64(a + aw_lo)
-                    for j in range(m):
-                        xc[job, a0 + j] = row[b0 + j]
-                    for aw in range(aw_hi, na_w):
-                        xc[job, a + aw] = row[(off_w + aw) % w_in]
+                    a, r = uint64(n * na + ah * na_w), uint64((a0h + ah - mh) % h_in * w_in)
+                    a1, r1 = a + run, r + uint64(d)
+                    for j in range(run):
+                        dst[a + j] = image[r1 + j]
+                    for j in range(rest):
+                        dst[a1 + j] = image[r + j]
             continue
+        aw_lo, aw_hi = max(0, -off_w), min(na_w, w_in - off_w)
         xc[job, :] = 0.0
         if aw_hi <= aw_lo:
             continue
@@ -357,25 +358,25 @@ def _phase_im2col_parallel(x, n0, xc, a0h, a0w, na_h, na_w, kq_h, kq_w, ci0, per
 @njit(inline="always", **JIT)
 def _interleave_pairs(even, odd, row, q_first, na_w, pw, b, out):
     """``out[ow] = (even, odd)[t % 2][row + (q_first + t // 2 - pw // 2) % na_w] + b``
-    with ``t = ow + pw`` and ``q_first`` the grid column of ``t = pw``: one output row
-    of stride 2 from its two phase rows."""
+    with ``t = ow + pw``: one output row of stride 2 from its two phase rows, stored
+    as aligned pairs ``out[2k], out[2k + 1]``."""
     w_out = out.shape[0]
-    if w_out == 0:
-        return
-    t0 = pw + pw % 2  # the first even t
-    if pw % 2:
-        out[0] = odd[row + q_first % na_w] + b
-    q0, m = q_first + pw % 2, (pw + w_out - t0) // 2  # grid column of t0; pairs
-    o0 = t0 - pw
-    inside = max(0, min(m, na_w - q0))  # pairs before the grid wraps (all, unless periodic)
-    for j in range(inside):
-        out[o0 + 2 * j] = even[row + q0 + j] + b
-        out[o0 + 2 * j + 1] = odd[row + q0 + j] + b
-    for j in range(inside, m):
-        out[o0 + 2 * j] = even[row + (q0 + j) % na_w] + b
-        out[o0 + 2 * j + 1] = odd[row + (q0 + j) % na_w] + b
-    if (pw + w_out - t0) % 2:
-        out[w_out - 1] = even[row + (q0 + m) % na_w] + b
+    # ow = 2k reads phase pw % 2 at grid column q_first + k; ow = 2k + 1 the other
+    # phase at column q_first + k + pw % 2
+    d = pw % 2
+    first, second = (odd, even) if d else (even, odd)
+    m = w_out // 2
+    inside = max(0, min(m, na_w - q_first - d))  # pairs before the grid wraps
+    # unsigned indices: no negative-index wraparound, so it vectorises
+    s0, du = uint64(row + q_first), uint64(d)
+    for k in range(uint64(inside)):
+        out[2 * k] = first[s0 + k] + b
+        out[2 * k + 1] = second[s0 + k + du] + b
+    for k in range(inside, m):
+        out[2 * k] = first[row + (q_first + k) % na_w] + b
+        out[2 * k + 1] = second[row + (q_first + k + d) % na_w] + b
+    if w_out % 2:
+        out[w_out - 1] = first[row + (q_first + m) % na_w] + b
 
 
 @njit(**JIT)
@@ -390,10 +391,11 @@ def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, p
     na = na_h * na_w
     images = z.shape[1] // na
     su = uint64(sw)
+    zero = np.zeros(1, z.dtype)  # a zero bias in z's dtype (0.0 would promote to float64)
     for job in range(job_lo, job_hi):
         c, n = job // images, job % images
         co = co0 + c
-        b = bias[co] if bias.shape[0] > 0 else 0.0
+        b = bias[co] if bias.shape[0] > 0 else zero[0]
         for oh in range(h_out):
             ah, rh = ((oh + ph) // sh - a0h) % na_h, (oh + ph) % sh
             grid_row = n * na + ah * na_w
