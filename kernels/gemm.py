@@ -205,17 +205,23 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
             # columns iw in [iw_lo, iw_hi) read inside the row, the rest wrap around
             iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
             iw_lo, iw_hi = min(iw_lo, w_in), min(iw_hi, w_in)
-            b0, m = uint64(iw_lo * sw + off_w), uint64(iw_hi - iw_lo)
+            m = uint64(iw_hi - iw_lo)
+            dst = cols[job]
             for n in range(n_batch):
+                image = y[n0 + n, co].ravel()
                 for ih in range(h_in):
-                    row, a = y[n0 + n, co, (ih * sh + off_h) % h_out], n * hw + ih * w_in
+                    r, a = (ih * sh + off_h) % h_out * w_out, n * hw + ih * w_in
                     for iw in range(iw_lo):
-                        cols[job, a + iw] = row[(iw * sw + off_w) % w_out]
-                    a0 = uint64(a + iw_lo)
-                    for j in range(m):
-                        cols[job, a0 + j] = row[b0 + j * su]
+                        dst[a + iw] = image[r + (iw * sw + off_w) % w_out]
+                    a0, b0 = uint64(a + iw_lo), uint64(r + iw_lo * sw + off_w)
+                    if sw == 2:  # a constant stride vectorises
+                        for j in range(m):
+                            dst[a0 + j] = image[b0 + j * uint64(2)]
+                    else:
+                        for j in range(m):
+                            dst[a0 + j] = image[b0 + j * su]
                     for iw in range(iw_hi, w_in):
-                        cols[job, a + iw] = row[(iw * sw + off_w) % w_out]
+                        dst[a + iw] = image[r + (iw * sw + off_w) % w_out]
             continue
         ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
         iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
