@@ -6,6 +6,8 @@
 2. Times ``fastconvt.warmup()`` in fresh processes, without Numba's on-disk cache
    (``FASTCONVT_NO_CACHE=1``) and with it (warm: the run above filled it).
 3. Prints the report and writes bench/results/latest.{json,md} and speedups.png.
+
+The timing process runs with fixed glibc malloc thresholds (``allocator.py``).
 """
 import json
 import os
@@ -14,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import report
+from . import allocator, report
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results"
@@ -42,7 +44,7 @@ def compile_times():
 def run_pytest(json_path, extra_args):
     command = [sys.executable, "-m", "pytest", "test_layers.py", f"--rootdir={HERE}",
                f"--benchmark-json={json_path}", *extra_args]
-    env = dict(os.environ)
+    env = allocator.environment()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     return subprocess.call(command, env=env, cwd=HERE)
 

@@ -7,6 +7,7 @@ import numpy
 import pytest
 import torch
 
+import allocator
 import fastconvt
 
 THREADS = 2
@@ -94,5 +95,6 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         fastconvt=getattr(fastconvt, "__version__", "?"),
         forced_family=config.getoption("family"),
         onnxruntime=onnx,
+        malloc=allocator.setting(),
         **config.stash.get(_NOTES, {}),
     )

@@ -4,7 +4,8 @@ One benchmark layer timed as interleaved pairs in one process: each round runs t
 side and fastconvt's back to back (alternating which goes first), so both see the same
 load on a shared machine. Prints both medians and the median of the per-round ratios
 (torch / fastconvt) with a 95% bootstrap interval. The torch side is the one
-``python -m bench`` times (torch's best equivalent for a padding mode it lacks). Run it as
+``python -m bench`` times (torch's best equivalent for a padding mode it lacks). Like
+``python -m bench`` it runs with fixed glibc malloc thresholds (``allocator.py``). Run it as
 a script, as above: from the repository root, ``python -m`` would import the source
 tree's ``fastconvt`` (which lacks its kernels) instead of the installed one.
 """
@@ -18,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # layers.py, test_layers.py
 
+import allocator  # noqa: E402
 import fastconvt  # noqa: E402
 from layers import LAYERS, MODES  # noqa: E402
 from test_layers import DTYPES, _torch_module  # noqa: E402
@@ -69,6 +71,7 @@ def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0):
 
 
 def main(argv=None):
+    allocator.reexec_with_fixed_thresholds()
     parser = argparse.ArgumentParser(prog="python bench/paired.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("layer", choices=sorted(LAYERS))
@@ -78,9 +81,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     t_torch, t_fast, ratio, (lo, hi) = paired(args.layer, args.dtype, args.mode, args.pairs)
     print(f"{args.layer} {args.dtype} {args.mode}, {args.pairs} interleaved pairs, "
-          f"{torch.get_num_threads()} threads: torch {t_torch * 1e3:.3f} ms, fastconvt "
-          f"{t_fast * 1e3:.3f} ms; speed-up {ratio:.3f}x (95% bootstrap {lo:.3f}-{hi:.3f})")
-
+          f"{torch.get_num_threads()} threads, malloc {allocator.setting()}: "
+          f"torch {t_torch * 1e3:.3f} ms, fastconvt {t_fast * 1e3:.3f} ms; "
+          f"speed-up {ratio:.3f}x (95% bootstrap {lo:.3f}-{hi:.3f})")
 
 if __name__ == "__main__":
     main()

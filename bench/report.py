@@ -96,6 +96,8 @@ def _preamble(results, summary):
              f"torch {info.get('torch', '?')}, numba {info.get('numba', '?')} "
              f"(threading layer {info.get('numba_threading_layer', '?')}), "
              f"onnxruntime {info.get('onnxruntime', '?')}"]
+    if info.get("malloc"):
+        lines.append(f"malloc: {info['malloc']} (bench/allocator.py)")
     if info.get("forced_family"):
         lines.append(f"fastconvt kernel family forced to {info['forced_family']!r} (--family)")
     peak = summary["peak"]
