@@ -34,12 +34,10 @@ from ._config import JIT, launch
 from .direct import _check, _output
 
 DEFAULT_WORKSPACE_BYTES = 64 << 20
-# Batch chunks aim at this many elements of workspace even where more would fit: the
-# column buffer then stays in cache between the Numba pass and the product. Measured:
-# 10-40% faster backward for DCGAN-like and FCN layers than filling the workspace;
-# in float32, 0-15% faster on the benchmark's layers than 4M elements (16 MB); in
-# float64, 1M elements is 10% slower for DCGAN 128->64.
-CHUNK_ELEMENTS = 2 << 20
+# Batch chunks aim at this many bytes of workspace even where more would fit: the
+# column buffer then stays in the last-level cache between the Numba pass and the
+# product (measured: 10-40% faster backward for DCGAN-like and FCN layers).
+CHUNK_BYTES = 16 << 20
 
 
 def numpy_gemm(a, b, out, accumulate):
@@ -447,13 +445,13 @@ def _col2im_by_taps(out_hw, stride):
 def chunking(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes=None):
     """(images, output channels) per chunk so that ``X_g`` and ``cols`` fit
     ``workspace_bytes``: whole channel groups when one image fits (as many images
-    as fit ``CHUNK_ELEMENTS``, in even chunks), else fewer output channels per
-    product (at least one image and one channel)."""
+    as fit ``CHUNK_BYTES``), else fewer output channels per product (at least one
+    image and one channel)."""
     budget = (DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes) // itemsize
     hw, kk = in_hw[0] * in_hw[1], kernel_hw[0] * kernel_hw[1]
     per_image = (c_in + c_out_g * kk) * hw
     if per_image <= budget:
-        return _even_chunks(n_batch, min(budget, CHUNK_ELEMENTS) // per_image), c_out_g
+        return max(1, min(n_batch, min(budget, CHUNK_BYTES // itemsize) // per_image)), c_out_g
     return 1, max(1, min(c_out_g, (budget - c_in * hw) // (kk * hw)))
 
 
@@ -635,19 +633,11 @@ def _one_image_fits(nbytes, workspace_bytes, out_bytes):
     return nbytes <= max(budget, out_bytes)
 
 
-def _chunk_images(n_batch, per_image, itemsize, workspace_bytes):
-    """Images per batch chunk of a sub-pixel form (``per_image`` workspace elements of
-    ``itemsize`` bytes)."""
-    budget = min(CHUNK_ELEMENTS, (DEFAULT_WORKSPACE_BYTES if workspace_bytes is None
-                                  else workspace_bytes) // itemsize)
-    return _even_chunks(n_batch, budget // max(per_image, 1))
-
-
-def _even_chunks(n_batch, most):
-    """Images per chunk: at most ``most`` (at least 1), in as few chunks as that
-    allows, of sizes as even as possible (8 images in chunks of at most 5: 4 + 4)."""
-    most = max(1, min(n_batch, most))
-    return -(-n_batch // -(-n_batch // most)) if n_batch > 0 else 1
+def _chunk_images(n_batch, per_image, workspace_bytes):
+    """Images per batch chunk of a sub-pixel form (``per_image`` workspace bytes)."""
+    budget = min(CHUNK_BYTES, DEFAULT_WORKSPACE_BYTES if workspace_bytes is None
+                 else workspace_bytes)
+    return max(1, min(n_batch, budget // max(per_image, 1)))
 
 
 def _phase_grid(out_hw, stride, padding):
@@ -685,7 +675,7 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
         return conv_transpose2d(x, w, bias, stride, padding, (1, 1), groups, (h_out, w_out),
                                 y, parallel, gemm, workspace_bytes, subpixel=False)
     w_phase = w_phase.reshape(groups, rows_x, rows_z)
-    images = _chunk_images(n_batch, (rows_x + rows_z) * na_h * na_w, x.itemsize,
+    images = _chunk_images(n_batch, (rows_x + rows_z) * na_h * na_w * x.itemsize,
                            workspace_bytes)
     xc_buffer = np.empty(rows_x * images * na_h * na_w, x.dtype)
     z_buffer = np.empty(rows_z * images * na_h * na_w, x.dtype)
@@ -757,7 +747,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
     na = h_a * w_a
     offsets = [mh * w_a + mw for mh in range(kq_h) for mw in range(kq_w)]
     grids = (gx is not None) + (gw is not None)  # gridded input and/or input gradient
-    images = _chunk_images(n_batch, (groups * rows_g + grids * c_in) * na, gy.itemsize,
+    images = _chunk_images(n_batch, (groups * rows_g + grids * c_in) * na * gy.itemsize,
                            workspace_bytes)
     g_buffer = np.empty(groups * rows_g * images * na, gy.dtype)
     grid_buffer = np.empty((grids, c_in * images * na), gy.dtype)

@@ -156,18 +156,6 @@ def test_gemm_chunks(workspace_bytes, problem):
         _close(chunked, whole.astype(np.float64), dtype, bound * 10)
 
 
-@given(n_batch=st.integers(0, 200), most=st.integers(-1, 250))
-def test_gemm_batch_chunks_are_even(n_batch, most):
-    """Images per chunk: within the bound (at least one), as few chunks as the bound
-    allows, and the smallest chunk size that keeps that few (so they are even)."""
-    images = kernels.gemm._even_chunks(n_batch, most)
-    bound = max(1, min(n_batch, most))
-    assert 1 <= images <= bound
-    chunks = lambda size: -(-n_batch // size)  # noqa: E731
-    assert chunks(images) == chunks(bound)
-    assert images == 1 or chunks(images - 1) > chunks(images)
-
-
 @st.composite
 def subpixel_geometries(draw):
     """Kernel sizes that are multiples of the strides, dilation 1: where the GEMM
