@@ -18,6 +18,9 @@ def pytest_addoption(parser):
     parser.addoption("--family", default=None, metavar="NAME",
                      help="time fastconvt with this kernel family forced "
                           "(fastconvt.use_family); default: its dispatcher's choice")
+    parser.addoption("--paired-seconds", type=float, default=4.0, metavar="S",
+                     help="time each layer's torch and fastconvt as interleaved pairs for "
+                          "about S seconds (the report's speed-ups); 0: separate blocks only")
 
 
 def pytest_configure(config):

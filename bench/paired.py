@@ -10,10 +10,12 @@ a script, as above: from the repository root, ``python -m`` would import the sou
 tree's ``fastconvt`` (which lacks its kernels) instead of the installed one.
 """
 import argparse
+import math
 import random
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -42,8 +44,20 @@ def _median(values):
     return sorted(values)[len(values) // 2]
 
 
-def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0):
-    """(torch median s, fastconvt median s, median ratio, (2.5%, 97.5%) bootstrap bounds)."""
+class Paired(NamedTuple):
+    """Medians of each side's times (s), the median per-pair ratio torch / fastconvt,
+    its 95% bootstrap interval, and how many pairs were timed."""
+    torch: float
+    fastconvt: float
+    ratio: float
+    low: float
+    high: float
+    pairs: int
+
+
+def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0, seconds=None):
+    """Time ``pairs`` interleaved pairs, or if ``seconds`` is given as many as fill about
+    that long (at least 5, at most 2000); return a :class:`Paired`."""
     spec, dt = LAYERS[layer], DTYPES[dtype]
     steps = {}
     for name, make in (("torch", _torch_module), ("fastconvt", fastconvt.ConvTranspose2d)):
@@ -52,22 +66,26 @@ def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0):
         x = torch.randn(spec.input_shape, dtype=dt, requires_grad=mode != "forward")
         grad = torch.randn(spec.output_shape, dtype=dt)
         steps[name] = _step(module, x, grad, mode)
+    start = time.perf_counter()
     for step in steps.values():
         step()
         step()
+    if seconds is not None:
+        pair = (time.perf_counter() - start) / 2
+        pairs = max(5, min(2000, math.ceil(seconds / max(pair, 1e-7))))
     times, ratios = {name: [] for name in steps}, []
     for i in range(pairs):
-        seconds = {}
+        elapsed = {}
         for name in (steps if i % 2 == 0 else reversed(list(steps))):
             start = time.perf_counter()
             steps[name]()
-            seconds[name] = time.perf_counter() - start
-            times[name].append(seconds[name])
-        ratios.append(seconds["torch"] / seconds["fastconvt"])
+            elapsed[name] = time.perf_counter() - start
+            times[name].append(elapsed[name])
+        ratios.append(elapsed["torch"] / elapsed["fastconvt"])
     rng = random.Random(seed)
     boot = sorted(_median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
-    return (_median(times["torch"]), _median(times["fastconvt"]), _median(ratios),
-            (boot[50], boot[1949]))
+    return Paired(_median(times["torch"]), _median(times["fastconvt"]), _median(ratios),
+                  boot[50], boot[1949], pairs)
 
 
 def main(argv=None):
@@ -79,11 +97,11 @@ def main(argv=None):
     parser.add_argument("--mode", choices=MODES, default="forward+backward")
     parser.add_argument("--pairs", type=int, default=300)
     args = parser.parse_args(argv)
-    t_torch, t_fast, ratio, (lo, hi) = paired(args.layer, args.dtype, args.mode, args.pairs)
+    result = paired(args.layer, args.dtype, args.mode, args.pairs)
     print(f"{args.layer} {args.dtype} {args.mode}, {args.pairs} interleaved pairs, "
           f"{torch.get_num_threads()} threads, malloc {allocator.setting()}: "
-          f"torch {t_torch * 1e3:.3f} ms, fastconvt {t_fast * 1e3:.3f} ms; "
-          f"speed-up {ratio:.3f}x (95% bootstrap {lo:.3f}-{hi:.3f})")
+          f"torch {result.torch * 1e3:.3f} ms, fastconvt {result.fastconvt * 1e3:.3f} ms; "
+          f"speed-up {result.ratio:.3f}x (95% bootstrap {result.low:.3f}-{result.high:.3f})")
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,10 @@
 """The benchmark's report, from pytest-benchmark's JSON: one table per dtype and mode
 (plain text and Markdown), geometric-mean speed-ups, and a bar chart of speed-ups.
 
-Speed-up is torch's median time over fastconvt's, both measured in the same process;
-GFLOP/s counts useful multiply-adds only (``layers.flops``) and "% peak" relates them
+Speed-up is the median of per-pair ratios torch / fastconvt over interleaved pairs (each
+pair runs both sides back to back, so both see the same load), and the ms columns are each
+side's median over those pairs; where a run has no pairs (``--paired-seconds 0``), each
+side's median over its own block of rounds. GFLOP/s counts useful multiply-adds only (``layers.flops``) and "% peak" relates them
 to a large torch.matmul of the same dtype measured in the same run (its best round).
 A "!" after a speed-up marks a row timed while other processes used over 10% of the CPUs.
 A circular layer's torch column is torch's best equivalent (torch's ConvTranspose2d has no
@@ -29,7 +31,7 @@ def load(path):
 
 def summarize(results):
     """Rows per (dtype, mode), peaks, geometric means and the cases below 1.0x."""
-    median, family, busy, peak, peak_shape = {}, {}, {}, {}, None
+    median, family, busy, peak, pairs, peak_shape = {}, {}, {}, {}, {}, None
     for bench in results["benchmarks"]:
         info, seconds = bench["extra_info"], bench["stats"]["median"]
         others = info.get("others_cpu") or 0.0
@@ -44,6 +46,8 @@ def summarize(results):
             busy[key] = max(busy.get(key, 0.0), others)
         if info["impl"] == "fastconvt":
             family[key] = info.get("family") or "-"
+            if info.get("paired"):
+                pairs[key] = info["paired"]
     tables, geomeans, slower = {}, {}, []
     for dtype, mode in CASES:
         rows, ratios = [], []
@@ -51,6 +55,9 @@ def summarize(results):
             key = (name, mode, dtype)
             torch_s, ours_s, ort_s = (median.get(key + (impl,))
                                       for impl in ("torch", "fastconvt", "onnxruntime"))
+            paired = pairs.get(key)
+            if paired:
+                torch_s, ours_s = paired["torch"], paired["fastconvt"]
             if torch_s is None and ours_s is None:
                 continue
             row = dict(layer=name, torch=torch_s, fastconvt=ours_s, onnxruntime=ort_s,
@@ -61,7 +68,7 @@ def summarize(results):
                 if dtype in peak:
                     row["peak"] = 100 * row["gflops"] / peak[dtype]
             if torch_s and ours_s:
-                row["speedup"] = torch_s / ours_s
+                row["speedup"] = paired["ratio"] if paired else torch_s / ours_s
                 ratios.append(row["speedup"])
                 if row["speedup"] < 1.0:
                     slower.append((name, dtype, mode, row["speedup"]))
@@ -71,7 +78,7 @@ def summarize(results):
         if ratios:
             geomeans[dtype, mode] = math.exp(sum(map(math.log, ratios)) / len(ratios))
     return dict(tables=tables, peak=peak, peak_shape=peak_shape, geomeans=geomeans,
-                slower=slower, busy_peak=busy.get("matmul", 0.0) > BUSY)
+                slower=slower, busy_peak=busy.get("matmul", 0.0) > BUSY, paired=bool(pairs))
 
 
 def _cells(row, with_ort):
@@ -96,6 +103,11 @@ def _preamble(results, summary):
              f"torch {info.get('torch', '?')}, numba {info.get('numba', '?')} "
              f"(threading layer {info.get('numba_threading_layer', '?')}), "
              f"onnxruntime {info.get('onnxruntime', '?')}"]
+    lines.append("speed-up: " + ("median ratio torch / fastconvt over interleaved pairs "
+                                 "(ms: each side's median over them; bench/paired.py times "
+                                 "one cell the same way)" if summary.get("paired") else
+                                 "torch's median time over fastconvt's, each in its own block "
+                                 "of rounds"))
     if info.get("malloc"):
         lines.append(f"malloc: {info['malloc']} (bench/allocator.py)")
     if info.get("forced_family"):
@@ -178,7 +190,8 @@ def text(results, summary):
 def markdown(results, summary):
     """The report as Markdown (bench/results/latest.md)."""
     out = ["# fastconvt benchmark", ""] + [f"- {line}" for line in _preamble(results, summary)]
-    out += ["- speed-up: torch's median time / fastconvt's; GFLOP/s: useful multiply-adds x 2 "
+    out += ["- speed-up: median ratio torch / fastconvt over interleaved pairs (ms: each "
+            "side's median over them); GFLOP/s: useful multiply-adds x 2 "
             "(forward+backward: 3x a forward); % peak: of the matmul above; family: "
             "fastconvt's kernel family; ORT: ONNX Runtime"]
     for (dtype, mode), rows in summary["tables"].items():

@@ -10,8 +10,12 @@ Timing: each callable is called once untimed (twice when that call is under 50 m
 after the session fixture has compiled the kernels, then timed for pytest-benchmark's
 usual number of rounds: enough to fill ``--benchmark-max-time`` (estimated from the
 last warm-up call), at least ``--benchmark-min-rounds``. A slow call therefore gets
-exactly min-rounds rounds and a single warm-up.
+exactly min-rounds rounds and a single warm-up. fastconvt's test then also times torch
+and fastconvt as interleaved pairs for about ``--paired-seconds`` (``paired.py``'s
+method; ``extra_info["paired"]``): the report's speed-ups come from those pairs, which
+see the same load on a shared machine, where two separate blocks do not.
 """
+import contextlib
 import io
 import math
 import os
@@ -187,11 +191,13 @@ def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, i
         def step():  # grad_input, grad_weight and grad_bias, as in training
             torch.autograd.grad(module(x), params, grad)
 
-    if forced:
-        with fastconvt.use_family(forced):
-            _time(benchmark, pytestconfig, step)
-    else:
+    with fastconvt.use_family(forced) if forced else contextlib.nullcontext():
         _time(benchmark, pytestconfig, step)
+        seconds = pytestconfig.getoption("paired_seconds")
+        if impl == "fastconvt" and seconds > 0:
+            from paired import paired  # it imports this module
+            benchmark.extra_info["paired"] = paired(layer, dtype, mode,
+                                                    seconds=seconds)._asdict()
 
 
 @pytest.mark.parametrize("layer", CIRCULAR)
