@@ -176,6 +176,42 @@ def _check(name, *arrays):
             raise ValueError(f"{name}: arrays must be C-contiguous")
 
 
+def _check_layer(name, geometry, size, x=None, w=None, y=None, bias=None):
+    """``ValueError`` naming the problem unless the operands present (not None) fit one
+    layer: ``x`` ``(N, C_in, H_in, W_in)``, ``w`` ``(C_in, C_out // groups, kH, kW)``,
+    ``y`` ``(N, C_out, H_out, W_out)``, ``bias`` ``(C_out,)`` (or empty: none), with
+    ``geometry`` (stride, padding, dilation, groups) and ``size`` the result's spatial
+    size. The kernels index by these shapes without bounds checks."""
+    for label, a in (("x", x), ("w", w), ("y", y)):
+        if a is not None and a.ndim != 4:
+            raise ValueError(f"{name}: {label} must be 4-D, got shape {a.shape}")
+    stride, padding, dilation, groups = geometry
+    for label, pair, least in (("stride", stride, 1), ("padding", padding, 0),
+                               ("dilation", dilation, 1), ("size", size, 0)):
+        if len(pair) != 2 or any(int(v) != v or v < least for v in pair):
+            raise ValueError(f"{name}: {label} must be two integers >= {least}, got {pair}")
+    if int(groups) != groups or groups < 1:
+        raise ValueError(f"{name}: groups must be a positive integer, got {groups}")
+    c_in = x.shape[1] if x is not None else w.shape[0]
+    if c_in % groups:
+        raise ValueError(f"{name}: {c_in} input channels are not divisible by groups={groups}")
+    if w is not None and w.shape[0] != c_in:
+        raise ValueError(f"{name}: w {w.shape} has {w.shape[0]} input channels, x has {c_in}")
+    c_out = None if w is None else w.shape[1] * groups
+    if y is not None:
+        if c_out is not None and y.shape[1] != c_out:
+            raise ValueError(f"{name}: y {y.shape} has {y.shape[1]} channels, w {w.shape} "
+                             f"with groups={groups} makes {c_out}")
+        if y.shape[1] % groups:
+            raise ValueError(f"{name}: {y.shape[1]} output channels are not divisible by "
+                             f"groups={groups}")
+        if x is not None and y.shape[0] != x.shape[0]:
+            raise ValueError(f"{name}: x and y batch sizes differ: {x.shape[0]} and "
+                             f"{y.shape[0]}")
+    if bias is not None and bias.shape not in ((c_out,), (0,)):
+        raise ValueError(f"{name}: bias must have shape ({c_out},), got {bias.shape}")
+
+
 def _output(name, out, shape, dtype):
     """``out`` checked against ``shape``/``dtype``, or a new array."""
     if out is None:
@@ -202,6 +238,8 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     """
     bias = np.empty(0, x.dtype) if bias is None else bias
     _check("conv_transpose2d", x, w, bias)
+    _check_layer("conv_transpose2d", (stride, padding, dilation, groups), out_hw, x=x, w=w,
+                 bias=bias)
     y = _output("conv_transpose2d", out, (x.shape[0], w.shape[1] * groups) + tuple(out_hw),
                 x.dtype)
     launch(_conv_transpose2d_rows, _conv_transpose2d_parallel,
@@ -214,6 +252,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``: the
     adjoint of ``conv_transpose2d`` in its input (so its input gradient)."""
     _check("conv2d", y, w)
+    _check_layer("conv2d", (stride, padding, dilation, groups), in_hw, w=w, y=y)
     x = _output("conv2d", out, (y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
     launch(_conv2d_rows, _conv2d_parallel, (y, w, x, *stride, *padding, *dilation, groups),
            x.shape[0] * x.shape[1] * x.shape[2], _work(x, w), parallel)
@@ -226,6 +265,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     ``(N, C_out, H_out, W_out)`` giving ``(C_in, C_out // groups, *kernel_hw)``:
     the adjoint of ``conv_transpose2d`` in its weight (so its weight gradient)."""
     _check("weight_correlation", x, y)
+    _check_layer("weight_correlation", (stride, padding, dilation, groups), kernel_hw, x=x, y=y)
     w = _output("weight_correlation", out,
                 (x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)
     launch(_weight_correlation_slices, _weight_correlation_parallel,

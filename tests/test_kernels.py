@@ -109,6 +109,44 @@ def test_family_rejects_bad_arrays(family):
         k.conv2d(x.astype(np.int64), w.astype(np.int64), *geometry, (3, 3))
 
 
+_X, _W, _Y = np.ones((1, 4, 3, 3)), np.ones((4, 2, 2, 2)), np.ones((1, 2, 4, 4))
+_LAYER = ((1, 1), (0, 0), (1, 1), 1)
+_MISFITS = [  # (map, operands, geometry, size, what the message names)
+    ("conv_transpose2d", (_X, _W, np.ones(3)), _LAYER, (4, 4), r"bias must have shape \(2,\)"),
+    ("conv_transpose2d", (_X, _W, np.ones((2, 1))), _LAYER, (4, 4), "bias must have shape"),
+    ("conv_transpose2d", (_X, np.ones((3, 2, 2, 2)), None), _LAYER, (4, 4),
+     "3 input channels, x has 4"),
+    ("conv_transpose2d", (_X[0], _W, None), _LAYER, (4, 4), "x must be 4-D"),
+    ("conv_transpose2d", (_X, _W, None), ((1, 1), (0, 0), (1, 1), 3), (4, 4),
+     "not divisible by groups=3"),
+    ("conv_transpose2d", (_X, _W, None), ((0, 1), (0, 0), (1, 1), 1), (4, 4), "stride must be"),
+    ("conv_transpose2d", (_X, _W, None), ((1, 1), (-1, 0), (1, 1), 1), (4, 4),
+     "padding must be"),
+    ("conv_transpose2d", (_X, _W, None), _LAYER, (4, -1), "size must be"),
+    ("conv2d", (np.ones((1, 3, 4, 4)), _W), _LAYER, (3, 3), "has 3 channels"),
+    ("conv2d", (_Y, _W), ((1, 1), (0, 0), (1, 1), 0), (3, 3), "groups must be"),
+    ("weight_correlation", (_X, np.ones((2, 2, 4, 4))), _LAYER, (2, 2), "batch sizes differ"),
+    ("weight_correlation", (_X, np.ones((1, 3, 4, 4))), ((1, 1), (0, 0), (1, 1), 2), (2, 2),
+     "3 output channels are not divisible"),
+]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("name, operands, geometry, size, message", _MISFITS)
+def test_family_rejects_operands_that_do_not_fit_one_layer(family, name, operands, geometry,
+                                                           size, message):
+    """The kernels index by the operands' shapes without bounds checks: a bias, weight,
+    batch or geometry that does not fit the layer raises ValueError naming it, before
+    anything reads past an array."""
+    with pytest.raises(ValueError, match=message):
+        getattr(FAMILIES[family], name)(*operands, *geometry, size)
+
+
+def test_gemm_backward_rejects_a_gradient_that_does_not_fit():
+    with pytest.raises(ValueError, match="has 3 channels"):
+        kernels.gemm.conv_transpose2d_backward(_X, _W, np.ones((1, 3, 4, 4)), *_LAYER)
+
+
 @pytest.mark.parametrize("form", [{}, {"subpixel": False}, {"subpixel": True}],
                          ids=["direct", "gemm-columns", "gemm-sub-pixel"])
 def test_read_only_arrays(form):
