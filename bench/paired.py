@@ -103,5 +103,6 @@ def main(argv=None):
           f"torch {result.torch * 1e3:.3f} ms, fastconvt {result.fastconvt * 1e3:.3f} ms; "
           f"speed-up {result.ratio:.3f}x (95% bootstrap {result.low:.3f}-{result.high:.3f})")
 
+
 if __name__ == "__main__":
     main()

@@ -4,8 +4,9 @@
 Speed-up is the median of per-pair ratios torch / fastconvt over interleaved pairs (each
 pair runs both sides back to back, so both see the same load), and the ms columns are each
 side's median over those pairs; where a run has no pairs (``--paired-seconds 0``), each
-side's median over its own block of rounds. GFLOP/s counts useful multiply-adds only (``layers.flops``) and "% peak" relates them
-to a large torch.matmul of the same dtype measured in the same run (its best round).
+side's median over its own block of rounds. GFLOP/s counts useful multiply-adds only
+(``layers.flops``) and "% peak" relates them to a large torch.matmul of the same dtype
+measured in the same run (its best round).
 A "!" after a speed-up marks a row timed while other processes used over 10% of the CPUs.
 A circular layer's torch column is torch's best equivalent (torch's ConvTranspose2d has no
 circular mode): a zeros-mode transposed convolution with padding 0, its borders folded back
@@ -190,8 +191,7 @@ def text(results, summary):
 def markdown(results, summary):
     """The report as Markdown (bench/results/latest.md)."""
     out = ["# fastconvt benchmark", ""] + [f"- {line}" for line in _preamble(results, summary)]
-    out += ["- speed-up: median ratio torch / fastconvt over interleaved pairs (ms: each "
-            "side's median over them); GFLOP/s: useful multiply-adds x 2 "
+    out += ["- GFLOP/s: useful multiply-adds x 2 "
             "(forward+backward: 3x a forward); % peak: of the matmul above; family: "
             "fastconvt's kernel family; ORT: ONNX Runtime"]
     for (dtype, mode), rows in summary["tables"].items():

@@ -181,7 +181,9 @@ def _check_layer(name, geometry, size, x=None, w=None, y=None, bias=None):
     layer: ``x`` ``(N, C_in, H_in, W_in)``, ``w`` ``(C_in, C_out // groups, kH, kW)``,
     ``y`` ``(N, C_out, H_out, W_out)``, ``bias`` ``(C_out,)`` (or empty: none), with
     ``geometry`` (stride, padding, dilation, groups) and ``size`` the result's spatial
-    size. The kernels index by these shapes without bounds checks."""
+    size; and the arrays as :func:`_check` wants them. The kernels index by these
+    shapes without bounds checks."""
+    _check(name, *(a for a in (x, w, y, bias) if a is not None))
     for label, a in (("x", x), ("w", w), ("y", y)):
         if a is not None and a.ndim != 4:
             raise ValueError(f"{name}: {label} must be 4-D, got shape {a.shape}")
@@ -237,7 +239,6 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     (False) or the ``prange`` (True) driver; None picks by the amount of work.
     """
     bias = np.empty(0, x.dtype) if bias is None else bias
-    _check("conv_transpose2d", x, w, bias)
     _check_layer("conv_transpose2d", (stride, padding, dilation, groups), out_hw, x=x, w=w,
                  bias=bias)
     y = _output("conv_transpose2d", out, (x.shape[0], w.shape[1] * groups) + tuple(out_hw),
@@ -251,7 +252,6 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
 def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=None):
     """Strided convolution ``(N, C_out, H_out, W_out) -> (N, C_in, *in_hw)``: the
     adjoint of ``conv_transpose2d`` in its input (so its input gradient)."""
-    _check("conv2d", y, w)
     _check_layer("conv2d", (stride, padding, dilation, groups), in_hw, w=w, y=y)
     x = _output("conv2d", out, (y.shape[0], w.shape[0]) + tuple(in_hw), y.dtype)
     launch(_conv2d_rows, _conv2d_parallel, (y, w, x, *stride, *padding, *dilation, groups),
@@ -264,7 +264,6 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     """Correlation of ``x`` ``(N, C_in, H_in, W_in)`` with ``y``
     ``(N, C_out, H_out, W_out)`` giving ``(C_in, C_out // groups, *kernel_hw)``:
     the adjoint of ``conv_transpose2d`` in its weight (so its weight gradient)."""
-    _check("weight_correlation", x, y)
     _check_layer("weight_correlation", (stride, padding, dilation, groups), kernel_hw, x=x, y=y)
     w = _output("weight_correlation", out,
                 (x.shape[1], y.shape[1] // groups) + tuple(kernel_hw), x.dtype)

@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ._config import JIT, launch
-from .direct import _check, _check_layer, _output
+from .direct import _check_layer, _output
 
 DEFAULT_WORKSPACE_BYTES = 64 << 20
 # Batch chunks aim at this many bytes of workspace even where more would fit: the
@@ -537,7 +537,6 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     for ``i, j`` in Z contributes): the circular mode where the output is ``stride``
     times the input. Only the sub-pixel form computes it (see :func:`subpixel_applies`)."""
     bias = np.empty(0, x.dtype) if bias is None else bias
-    _check("conv_transpose2d", x, w, bias)
     _check_layer("conv_transpose2d", (stride, padding, dilation, groups), out_hw, x=x, w=w,
                  bias=bias)
     x, w = _writeable(x, w)
@@ -797,7 +796,6 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     arguments and result of :func:`fastconvt.kernels.direct.conv2d`. ``subpixel`` and
     ``periodic`` (``y`` read as its periodic extension) as in
     :func:`conv_transpose2d_backward`."""
-    _check("conv2d", y, w)
     _check_layer("conv2d", (stride, padding, dilation, groups), in_hw, w=w, y=y)
     y, w = _writeable(y, w)
     n_batch = y.shape[0]
@@ -838,7 +836,6 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     """Weight correlation giving ``(C_in, C_out // groups, *kernel_hw)``; the
     arguments and result of :func:`fastconvt.kernels.direct.weight_correlation`.
     ``subpixel`` and ``periodic`` as in :func:`conv_transpose2d_backward`."""
-    _check("weight_correlation", x, y)
     _check_layer("weight_correlation", (stride, padding, dilation, groups), kernel_hw, x=x, y=y)
     x, y = _writeable(x, y)
     n_batch, c_in, h_in, w_in = x.shape
@@ -885,7 +882,6 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
     periodic extension instead of zero beyond its borders: the gradients of a
     transposed convolution whose output wraps around (the circular mode where the
     output is ``stride`` times the input). Returns (gx, gw)."""
-    _check("conv_transpose2d_backward", x, w, gy)
     _check_layer("conv_transpose2d_backward", (stride, padding, dilation, groups), x.shape[-2:],
                  x=x, w=w, y=gy)
     x, w, gy = _writeable(x, w, gy)
