@@ -2,12 +2,13 @@
 ``torch.nn.functional.conv_transpose2d``, computed by fastconvt's kernels."""
 import functools
 import operator
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _autograd, _dispatch, kernels
+from . import _autograd, _dispatch, _torch_path
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -65,8 +66,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         torch.Size([1, 1, 7, 7])
     """
     check_padding_mode(padding_mode)
-    if not _uses_kernels(input, weight, bias):
-        if _uses_kernels(input, weight, bias, _UPCAST_DTYPES):
+    # a trace records torch operators and cannot see what Numba writes: it gets
+    # torch's operators, so the traced graph computes the same layer
+    tracing = torch.jit.is_tracing()
+    if tracing or not _uses_kernels(input, weight, bias):
+        if not tracing and _uses_kernels(input, weight, bias, _UPCAST_DTYPES):
             up = lambda t: None if t is None else t.float()  # noqa: E731
             return conv_transpose2d(up(input), up(weight), up(bias), stride, padding,
                                     output_padding, groups, dilation,
@@ -79,8 +83,8 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     unbatched, input, geometry, out_hw = _prepare(input, weight, bias, stride, padding,
                                                   output_padding, groups, dilation)
     if padding_mode != "zeros":
-        _check_foldable(padding_mode, geometry[1], (input.shape[0], weight.shape[1] * groups)
-                        + out_hw)
+        _torch_path.check_foldable(padding_mode, geometry[1],
+                                   [input.shape[0], weight.shape[1] * geometry[3], *out_hw])
     if input.shape[0] == 0:
         out = _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
     else:
@@ -167,42 +171,21 @@ def _apply_kernels_eagerly(input, weight, bias, geometry, out_hw, padding_mode):
     return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode)
 
 
-def _check_foldable(mode, padding, out_shape):
-    """Raise what ``nn.Conv2d(padding_mode=mode)`` raises for an input of ``out_shape``
-    that it cannot pad by ``padding``."""
-    if mode == "circular" and any(p > n for p, n in zip(padding, out_shape[2:])):
-        raise RuntimeError("Padding value causes wrapping around more than once.")
-    if mode == "reflect":
-        for dim, argument in ((3, 4), (2, 6)):  # torch checks the width first
-            p = padding[dim - 2]
-            if p >= out_shape[dim]:
-                raise RuntimeError(
-                    f"Argument #{argument}: Padding size should be less than the corresponding "
-                    f"input dimension, but got: padding ({p}, {p}) at dimension {dim} of input "
-                    f"{list(out_shape)}")
-
-
 def _fold_with_torch(input, weight, bias, stride, padding, output_padding, groups, dilation,
                      mode):
-    """A non-zeros padding mode from torch operations, for inputs fastconvt's kernels
-    do not compute (other devices, ``__torch_function__`` subclasses): torch's
-    zeros-mode transposed convolution without padding, folded by ``index_add``."""
-    ph, pw = _pair("padding", padding)
-    if min(ph, pw) < 0:
+    """A non-zeros padding mode from torch operations, for calls fastconvt's kernels
+    do not compute (tracing, other devices, ``__torch_function__`` subclasses)."""
+    padding = _pair("padding", padding)
+    if min(padding) < 0:
         raise RuntimeError("negative padding is not supported")
-    z = F.conv_transpose2d(input, weight, None, stride, 0, output_padding, groups, dilation)
-    h, w = z.shape[-2] - 2 * ph, z.shape[-1] - 2 * pw
-    if min(h, w) <= 0:
-        raise RuntimeError(f"Calculated output size per channel: ({h} x {w}). "
-                           "Output size is too small")
-    _check_foldable(mode, (ph, pw), (1, 1, h, w) if z.dim() == 3 else z.shape[:2] + (h, w))
-    for dim, n, p in ((-2, h, ph), (-1, w, pw)):
-        source = kernels.borders.source_indices(n, p, mode)
-        shape = z.shape[:dim] + (n,) + (z.shape[dim + 1:] if dim == -2 else ())
-        z = z.new_zeros(shape).index_add(dim, torch.as_tensor(source, device=z.device), z)
-    if bias is not None:
-        z = z + bias.reshape(-1, 1, 1)
-    return z
+    with warnings.catch_warnings():
+        # the fold's size checks are Python conditions: a trace keeps them as constants,
+        # which is what they are for the traced shapes (the slices follow the shapes)
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return _torch_path.conv_transpose2d(
+            input, weight, bias, list(_pair("stride", stride)), list(padding),
+            list(_pair("output_padding", output_padding)), _int("groups", groups),
+            list(_pair("dilation", dilation)), mode)
 
 
 def _empty_batch(input, weight, bias, out_shape):

@@ -1,7 +1,10 @@
 """``fastconvt.ConvTranspose2d``: torch's module, computed by fastconvt's kernels."""
-import torch
+from typing import List, Optional
 
-from . import sizes
+import torch
+from torch import Tensor
+
+from . import _torch_path, sizes
 from .functional import check_padding_mode, conv_transpose2d
 
 
@@ -54,7 +57,22 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
                          groups, bias, dilation, "zeros", device=device, dtype=dtype)
         self.padding_mode = padding_mode
 
-    def forward(self, input, output_size=None):
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            # TorchScript cannot call Numba: a scripted layer runs torch's operators
+            return self._torch_forward(input, output_size)
+        return self._kernels_forward(input, output_size)
+
+    def _torch_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        assert isinstance(self.padding, tuple)  # refines the type for TorchScript
+        output_padding = self._output_padding(input, output_size, self.stride, self.padding,
+                                              self.kernel_size, 2, self.dilation)
+        return _torch_path.conv_transpose2d(input, self.weight, self.bias, self.stride,
+                                            self.padding, output_padding, self.groups,
+                                            self.dilation, self.padding_mode)
+
+    @torch.jit.unused
+    def _kernels_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         output_padding = sizes._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, self.dilation)
         if output_padding is None:
