@@ -1,26 +1,33 @@
-"""Which kernel family computes a map: a rule, a per-configuration cache, an
-optional autotuner (``set_autotune``) and a way to force one (``use_family``).
+"""Which kernels compute a map: the configuration's plan (``_plans``), measured on
+the machine at hand by default, ruled where autotuning is off, or forced
+(``use_family``).
 
-A configuration is (map, dtype, operand shapes, output shape, geometry, threads);
-the three maps of one layer are chosen independently.
+A configuration is (map, dtype, operand shapes, output size, geometry, threads);
+the three maps of one layer, and its backward as a whole, are planned
+independently.
 """
 import contextvars
-import time
+import json
+import os
+from collections import OrderedDict
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
-from . import kernels
+from . import _plans, kernels
 
-FAMILIES = tuple(kernels.FAMILIES)
-_forced = contextvars.ContextVar("fastconvt_forced_family", default=None)
-_autotune = False
-_choices = {}
+FAMILIES = _plans.FAMILIES
+_FORMS = {"": None, "columns": False, "subpixel": True}  # the GEMM family's ``subpixel``
+_forced = contextvars.ContextVar("fastconvt_forced_plan", default=None)
+_autotune = os.environ.get("FASTCONVT_AUTOTUNE", "1") not in ("0", "")
+_choices = OrderedDict()  # key -> plan, most recently used last
+_store = _plans.PlanStore()
 
 
 def torch_gemm(a, b, out, accumulate):
-    """``out = a @ b`` (or ``+=``) on NumPy arrays with torch's BLAS, which runs
-    on torch's own thread pool: no second BLAS pool competes for the cores."""
+    """``out = a @ b`` (or ``+=``) on NumPy arrays with ``torch.mm``, which runs on
+    torch's own thread pool: no second BLAS pool competes for the cores."""
     a, b, out = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(out)
     if accumulate:
         out.addmm_(a, b)
@@ -28,85 +35,188 @@ def torch_gemm(a, b, out, accumulate):
         torch.mm(a, b, out=out)
 
 
-_EXTRA = {"direct": {}, "gemm": {"gemm": torch_gemm}}
+def _plain(m):
+    """Whether a 2-D array is row- or column-major with no gaps."""
+    return m.flags.c_contiguous or m.flags.f_contiguous
+
+
+def onednn_gemm(a, b, out, accumulate):
+    """``out = a @ b`` (or ``+=``) with oneDNN's matmul, on torch's thread pool.
+    float32 operands without gaps only (oneDNN's reference path takes over on
+    others, hundreds of times slower); the rest goes to :func:`torch_gemm`."""
+    if a.dtype != np.float32 or not (_plain(a) and _plain(b)) or 0 in a.shape + b.shape:
+        return torch_gemm(a, b, out, accumulate)
+    product = torch.ops.mkldnn._linear_pointwise(torch.from_numpy(a), torch.from_numpy(b).t(),
+                                                 None, "none", [], "")
+    out = torch.from_numpy(out)
+    if accumulate:
+        out.add_(product)
+    else:
+        out.copy_(product)
+
+
+_PRODUCTS = {"mm": torch_gemm, "onednn": onednn_gemm}
 
 
 def set_autotune(enabled):
-    """Like ``torch.backends.cudnn.benchmark``: when on, the first call of each new
-    configuration times every kernel family and remembers the fastest."""
+    """Whether the first call of each new configuration times the candidate plans
+    and keeps the fastest (the default; ``FASTCONVT_AUTOTUNE=0`` starts a process
+    with it off). Off, the rule decides: the same plan on every machine. Either
+    way the plans chosen so far in this process are forgotten; measured plans on
+    disk are used again when autotuning is on."""
     global _autotune
     _autotune = bool(enabled)
     _choices.clear()
+    _store.clear()
 
 
 @contextmanager
-def use_family(name):
-    """Force kernel family ``name`` (``"direct"`` or ``"gemm"``) inside the block."""
+def use_family(name, form=None, product=None):
+    """Force kernel family ``name`` (``"direct"`` or ``"gemm"``) inside the block;
+    for ``"gemm"`` also its ``form`` (``"columns"`` or ``"subpixel"``, where the
+    kernel sizes are multiples of the strides; default: the family's choice) and
+    ``product`` (``"mm"``, the default, or ``"onednn"``, float32 where available)."""
     if name not in FAMILIES:
         raise ValueError(f"unknown kernel family {name!r}; expected one of {FAMILIES}")
-    token = _forced.set(name)
+    if form not in (None, "columns", "subpixel") or product not in (None, "mm", "onednn"):
+        raise ValueError(f"unknown form {form!r} or product {product!r}")
+    if name == "direct" and (form or product):
+        raise ValueError("the direct family has no form or product to choose")
+    if product == "onednn" and not _plans.onednn_available():
+        raise ValueError("product 'onednn' is not available in this torch build")
+    plan = (name, form or "", product or "mm") if name == "gemm" else ("direct", "", "")
+    token = _forced.set(plan)
     try:
         yield
     finally:
         _forced.reset(token)
 
 
-def rule(w_shape, groups):
-    """The family the rule picks for a layer with weight ``w_shape`` (the same for
-    all three of its maps).
-
-    GEMM pays off when its products are large enough in every dimension (input
-    channels per group, output taps ``C_out_g * kH * kW``); otherwise (depthwise,
-    tiny layers) the direct kernels, which need no column buffer.
-    """
-    c_in_g = w_shape[0] // groups
-    taps = w_shape[1] * w_shape[2] * w_shape[3]
-    return "gemm" if c_in_g >= 8 and taps >= 8 else "direct"
-
-
-def _weight_shape(map_name, operand_shapes, out_shape):
-    """The weight shape of the layer a map belongs to (weight correlation makes it)."""
-    return out_shape if map_name == "weight_correlation" else operand_shapes[1]
-
-
-def _key(map_name, operand_shapes, dtype, geometry, size):
+def _key(map_name, operand_shapes, dtype, geometry, size, periodic=False):
     # the bias (a third operand) does not change the choice
-    return (map_name, dtype, operand_shapes[:2], geometry, size, torch.get_num_threads())
+    return (map_name, np.dtype(dtype).name, tuple(operand_shapes[:2]), geometry, tuple(size),
+            torch.get_num_threads(), periodic)
+
+
+def _rule(key, out_shape):
+    """The rule's plan for ``key`` (``out_shape``: the map's output shape)."""
+    map_name, operand_shapes, groups = key[0], key[2], key[3][3]
+    if map_name == "backward":
+        return _plans.rule_plan("gemm") if _plans.rule_family(
+            operand_shapes[1], groups) == "gemm" else ("separate", "", "")
+    w_shape = out_shape if map_name == "weight_correlation" else operand_shapes[1]
+    return _plans.rule_plan(_plans.rule_family(w_shape, groups))
+
+
+def _planned(key, out_shape, tune=None, final=True):
+    """The plan of ``key``: forced, else remembered (this process, then the plan
+    file), else measured by ``tune()`` where autotuning is on and there is a
+    ``tune``, else the rule's. ``final=False`` (a question, not a call) leaves
+    a configuration not yet measured to be measured on its first call."""
+    forced = _forced.get()
+    if forced is None and kernels._config.forked_child():
+        # a forked child cannot use torch's thread pool (torch hangs there); the
+        # direct kernels need nothing but Numba, run serially in such a child
+        forced = ("direct", "", "")
+    if forced is not None:
+        if key[0] == "backward":
+            return forced if forced[0] == "gemm" else ("separate", "", "")
+        return forced
+    plan = _choices.get(key)
+    if plan is not None:
+        try:
+            _choices.move_to_end(key)
+        except KeyError:  # another thread evicted it meanwhile
+            pass
+        return plan
+    stored = None
+    if _autotune:
+        text = json.dumps(key)
+        plan = stored = _store.get(text)
+        if plan is None and tune is not None:
+            plan = tune()
+            _store.put(text, plan)
+    if plan is None:
+        plan = _rule(key, out_shape)
+    if final or stored is not None:
+        _choices[key] = plan
+        while len(_choices) > _plans.MAX_PLANS:
+            _choices.popitem(last=False)
+    return plan
 
 
 def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
-    """The family that computes this configuration: the forced one, the one tuned
-    or chosen before, else the rule's (which is then remembered)."""
-    return _family(_key(map_name, operand_shapes, dtype, geometry, size), out_shape)
+    """The family that computes this configuration (measured where it was, else the
+    rule's): ``"direct"`` or ``"gemm"``."""
+    key = _key(map_name, operand_shapes, dtype, geometry, size)
+    return _planned(key, out_shape, final=False)[0]
 
 
-def _family(key, out_shape):
-    name = _forced.get()
-    if name is None and kernels._config.forked_child():
-        # a forked child cannot use torch's thread pool (torch hangs there); the
-        # direct kernels need nothing but Numba, run serially in such a child
-        name = "direct"
-    if name is not None:
-        return name
-    name = _choices.get(key)
-    if name is None:
-        map_name, operand_shapes, groups = key[0], key[2], key[3][3]
-        name = _choices[key] = rule(_weight_shape(map_name, operand_shapes, out_shape), groups)
-    return name
+def _call(plan, map_name, operands, geometry, size, out):
+    family, form, product = plan
+    compute = getattr(kernels.FAMILIES[family], map_name)
+    if family == "direct":
+        return compute(*operands, *geometry, size, out=out)
+    kernel_hw = size if map_name == "weight_correlation" else operands[1].shape[2:]
+    return compute(*operands, *geometry, size, out=out, gemm=_PRODUCTS[product],
+                   subpixel=_subpixel(form, kernel_hw, geometry))
+
+
+def _subpixel(form, kernel_hw, geometry):
+    """The GEMM family's ``subpixel`` argument for ``form``; a sub-pixel form forced
+    where it does not apply leaves the choice to the family."""
+    if form == "subpixel" and not kernels.gemm.subpixel_applies(kernel_hw, geometry[0],
+                                                                geometry[2]):
+        return None
+    return _FORMS[form]
 
 
 def run(map_name, operands, geometry, size, out):
     """``kernels.<family>.<map_name>(*operands, *geometry, size, out=out)`` with the
-    chosen family (NumPy arrays; ``geometry`` is (stride, padding, dilation, groups)).
-    Returns the family's name."""
-    key = _key(map_name, tuple(None if a is None else a.shape for a in operands), out.dtype,
+    configuration's plan (NumPy arrays; ``geometry`` is (stride, padding, dilation,
+    groups)). Returns the plan."""
+    key = _key(map_name, [None if a is None else a.shape for a in operands], out.dtype,
                geometry, size)
-    if _autotune and key not in _choices and _forced.get() is None \
-            and not kernels._config.forked_child():
-        _choices[key] = _tune(map_name, operands, geometry, size, out)
-    name = _family(key, out.shape)
-    _call(name, map_name, operands, geometry, size, out)
-    return name
+
+    def tune():
+        plans = _plans.candidates(map_name, out.dtype, key[2], geometry, size,
+                                  _rule(key, out.shape))
+        plans = [p for p in plans if p[1] != "subpixel" or _subpixel_fits(map_name, operands,
+                                                                           geometry, size)]
+        one = _first_image(map_name, operands, out)
+        return _plans.measure(lambda p: _call(p, map_name, operands, geometry, size, out),
+                              plans, lambda p: _call(p, map_name, one[0], geometry, size,
+                                                     one[1]))[0]
+
+    plan = _planned(key, out.shape, tune)
+    _call(plan, map_name, operands, geometry, size, out)
+    return plan
+
+
+def _first_image(map_name, operands, out):
+    """``(operands, out)`` of the same map on the first image of the batch."""
+    batched = {"conv_transpose2d": (0,), "conv2d": (0,), "weight_correlation": (0, 1)}
+    operands = tuple(a[:1] if i in batched[map_name] else a for i, a in enumerate(operands))
+    return operands, out if map_name == "weight_correlation" else out[:1]
+
+
+def _subpixel_fits(map_name, operands, geometry, size):
+    """Whether the GEMM family's sub-pixel form of this map keeps the workspace bound."""
+    stride, padding, _, groups = geometry
+    if map_name == "conv_transpose2d":
+        x, w = operands[:2]
+        return kernels.gemm.subpixel_fits(x.shape, w.shape, stride, padding, groups, size,
+                                          x.itemsize)[0]
+    if map_name == "conv2d":
+        y, w = operands
+        x_shape, out_hw = (y.shape[0], w.shape[0]) + tuple(size), y.shape[2:]
+        w_shape = w.shape
+    else:
+        x, y = operands
+        x_shape, out_hw = x.shape, y.shape[2:]
+        w_shape = (x.shape[1], y.shape[1] // groups) + tuple(size)
+    return kernels.gemm.subpixel_fits(x_shape, w_shape, stride, padding, groups, out_hw,
+                                      operands[0].itemsize)[1]
 
 
 def run_periodic(x, w, b, geometry, out_hw, out):
@@ -114,45 +224,46 @@ def run_periodic(x, w, b, geometry, out_hw, out):
     arrays) where the GEMM family computes this configuration in its sub-pixel form,
     the only one that reads a periodic input. Returns False, computing nothing,
     elsewhere."""
-    name = family("conv_transpose2d", (x.shape, w.shape), x.dtype, geometry, tuple(out_hw),
-                  out.shape)
-    if name != "gemm" or not kernels.gemm.uses_subpixel(x.shape, w.shape, *geometry, out_hw,
-                                                        x.itemsize):
+    # the GEMM family's sub-pixel form with the rule's product; not measured
+    key = _key("conv_transpose2d", (x.shape, w.shape), x.dtype, geometry, out_hw, True)
+    plan = _planned(key, out.shape)
+    if plan[0] != "gemm" or plan[1] == "columns" or not kernels.gemm.uses_subpixel(
+            x.shape, w.shape, *geometry, out_hw, x.itemsize):
         return False
-    kernels.gemm.conv_transpose2d(x, w, b, *geometry, out_hw, out=out, gemm=torch_gemm,
-                                  periodic=True)
+    kernels.gemm.conv_transpose2d(x, w, b, *geometry, out_hw, out=out,
+                                  gemm=_PRODUCTS[plan[2]], periodic=True)
     return True
 
 
 def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
-    """Both gradients of the transposed convolution in one pass over ``gy`` (read as
-    its periodic extension if ``periodic``) when the GEMM family computes both maps
-    (NumPy arrays, outputs ``gx`` and ``gw``). Returns False, computing nothing,
-    where the maps would run separately."""
-    if _autotune and _forced.get() is None:
-        return False  # the maps are tuned one by one
-    conv = family("conv2d", (gy.shape, w.shape), gy.dtype, geometry, x.shape[2:], x.shape)
-    corr = family("weight_correlation", (x.shape, gy.shape), x.dtype, geometry, w.shape[2:],
-                  w.shape)
-    if conv != "gemm" or corr != "gemm":
+    """Both gradients of the transposed convolution (NumPy arrays, outputs ``gx`` and
+    ``gw``) in one pass over ``gy`` (read as its periodic extension if ``periodic``)
+    where the plan fuses them. Returns False, computing nothing, where the two maps
+    run separately."""
+    key = _key("backward", (x.shape, w.shape), x.dtype, geometry, gy.shape[2:], periodic)
+
+    def call(plan, images=None):  # ``images``: on the first ones only (a warm-up)
+        x_, gy_, gx_ = x[:images], gy[:images], gx[:images]
+        if plan[0] == "separate":
+            # the maps' own plans, measured on the whole batch even in a warm-up
+            run("conv2d", (gy, w), geometry, x.shape[2:], gx)
+            run("weight_correlation", (x, gy), geometry, w.shape[2:], gw)
+        else:
+            kernels.gemm.conv_transpose2d_backward(
+                x_, w, gy_, *geometry, gx_out=gx_, gw_out=gw, gemm=_PRODUCTS[plan[2]],
+                subpixel=_subpixel(plan[1], w.shape[2:], geometry), periodic=periodic)
+
+    def tune():
+        plans = _plans.candidates("backward", x.dtype, key[2], geometry, gy.shape[2:],
+                                  _rule(key, x.shape))
+        fits = kernels.gemm.subpixel_fits(x.shape, w.shape, geometry[0], geometry[1],
+                                          geometry[3], gy.shape[2:], x.itemsize)[1]
+        return _plans.measure(call, [p for p in plans if p[1] != "subpixel" or fits],
+                              lambda p: call(p, 1))[0]
+
+    # the periodic backward has no separate form here (its maps read a padded gy)
+    plan = _planned(key, x.shape, None if periodic else tune)
+    if plan[0] != "gemm":
         return False
-    kernels.gemm.conv_transpose2d_backward(x, w, gy, *geometry, gx_out=gx, gw_out=gw,
-                                           gemm=torch_gemm, periodic=periodic)
+    call(plan)
     return True
-
-
-def _call(name, map_name, operands, geometry, size, out):
-    compute = getattr(kernels.FAMILIES[name], map_name)
-    compute(*operands, *geometry, size, out=out, **_EXTRA[name])
-
-
-def _tune(map_name, operands, geometry, size, out, repeats=2):
-    """Time every family on the real operands; the output is recomputed by the winner."""
-    times = {}
-    for name in FAMILIES:
-        _call(name, map_name, operands, geometry, size, out)  # compile and warm up
-        start = time.perf_counter()
-        for _ in range(repeats):
-            _call(name, map_name, operands, geometry, size, out)
-        times[name] = time.perf_counter() - start
-    return min(times, key=times.get)

@@ -592,16 +592,32 @@ def uses_subpixel(x_shape, w_shape, stride, padding, dilation, groups, out_hw, i
                   workspace_bytes=None):
     """Whether :func:`conv_transpose2d` picks the sub-pixel form (``subpixel=None``):
     where it applies and pays, and one image's buffers keep the workspace bound."""
+    c_in, h_in, w_in = x_shape[1:]
+    c_out_g, k_h, k_w = w_shape[1:]
+    phase_hw = _phase_grid(out_hw, stride, padding)[1]
+    return (_subpixel_pays((c_in // groups, c_out_g), (k_h, k_w), stride, dilation,
+                           (h_in, w_in), phase_hw)
+            and subpixel_fits(x_shape, w_shape, stride, padding, groups, out_hw, itemsize,
+                              workspace_bytes)[0])
+
+
+def subpixel_fits(x_shape, w_shape, stride, padding, groups, out_hw, itemsize,
+                  workspace_bytes=None):
+    """Whether one image's buffers of the sub-pixel forms keep the workspace bound:
+    (forward, backward maps), for a layer where they apply (:func:`subpixel_applies`)."""
     n_batch, c_in, h_in, w_in = x_shape
     c_out_g, k_h, k_w = w_shape[1:]
-    c_in_g = c_in // groups
+    (sh, sw), kq_h, kq_w = stride, k_h // stride[0], k_w // stride[1]
     phase_hw = _phase_grid(out_hw, stride, padding)[1]
-    rows = c_in_g * (k_h // stride[0]) * (k_w // stride[1]) + c_out_g * stride[0] * stride[1]
+    rows = c_in // groups * kq_h * kq_w + c_out_g * sh * sw
     out_bytes = n_batch * c_out_g * groups * out_hw[0] * out_hw[1] * itemsize
-    return (_subpixel_pays((c_in_g, c_out_g), (k_h, k_w), stride, dilation, (h_in, w_in),
-                           phase_hw)
-            and _one_image_fits(rows * phase_hw[0] * phase_hw[1] * itemsize, workspace_bytes,
-                                out_bytes))
+    forward = _one_image_fits(rows * phase_hw[0] * phase_hw[1] * itemsize, workspace_bytes,
+                              out_bytes)
+    grid = (h_in + kq_h - 1) * (w_in + kq_w - 1)
+    rows = groups * c_out_g * sh * sw + 2 * c_in  # gathered gy, two input grids
+    backward = _one_image_fits(rows * grid * itemsize, workspace_bytes,
+                               n_batch * c_in * h_in * w_in * itemsize)
+    return forward, backward
 
 
 def subpixel_applies(kernel_hw, stride, dilation):

@@ -5,9 +5,19 @@ exactly upcast data: comparing float32 results against it avoids torch's own
 float32 rounding and its float32 backward bugs (a channels_last 1x1-kernel
 backward with output_padding corrupts the heap in torch 2.13).
 """
-import pytest
-import torch
-import torch.nn.functional as F
+import os
+import tempfile
+
+# Before fastconvt is imported: the suite runs the rule's plans (deterministic) unless a
+# test turns measuring on, and never reads or writes the user's plan file.
+os.environ.setdefault("FASTCONVT_AUTOTUNE", "0")
+os.environ.setdefault("FASTCONVT_CACHE_DIR", tempfile.mkdtemp(prefix="fastconvt-test-plans-"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from fastconvt import _plans  # noqa: E402
 
 DTYPES = (torch.float32, torch.float64)
 # error bound relative to the reference's largest magnitude
@@ -22,6 +32,18 @@ def reference(input, weight, bias=None, stride=1, padding=0, output_padding=0, g
     up = lambda t: None if t is None else t.double()  # noqa: E731
     return F.conv_transpose2d(up(input), up(weight), up(bias), stride, padding, output_padding,
                               groups, dilation)
+
+
+# every plan a measurement can pick, as use_family's (family, form, product); oneDNN's
+# product is float32 only (float64 goes to torch.mm), so float64-only tests skip it
+PLANS_FLOAT64 = [("direct", None, None), ("gemm", None, None), ("gemm", "columns", "mm"),
+                 ("gemm", "subpixel", "mm")]
+PLANS = PLANS_FLOAT64 + ([("gemm", "columns", "onednn"), ("gemm", "subpixel", "onednn")]
+                         if _plans.onednn_available() else [])
+
+
+def plan_id(plan):
+    return "-".join(p for p in plan if p)
 
 
 LAYOUTS = ("contiguous", "channels_last", "weight_channels_last", "both", "transposed",

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fastconvt
-from conftest import DTYPES, check_values_and_gradients, reference, with_layout
+from conftest import (DTYPES, PLANS, check_values_and_gradients, plan_id, reference,
+                      with_layout)
 
 # (N, C_in, C_out, groups, H, W, kernel, stride, padding, output_padding, dilation)
 CASES = {
@@ -152,6 +153,16 @@ def problems(draw):
 def test_sweep(family, problem):
     """Every kernel family, forced, over the whole argument space."""
     with fastconvt.use_family(family):
+        _check_forward_backward(*problem)
+
+
+@pytest.mark.parametrize("plan", [p for p in PLANS if p[1]], ids=plan_id)
+@settings(max_examples=100, deadline=None)
+@given(problem=problems())
+def test_sweep_plans(plan, problem):
+    """Every form and product a measured plan can pick, forced, over the whole
+    argument space (a form that does not apply falls back to the family's choice)."""
+    with fastconvt.use_family(*plan):
         _check_forward_backward(*problem)
 
 

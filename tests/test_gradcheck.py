@@ -4,6 +4,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
+from conftest import PLANS_FLOAT64, plan_id
 from fastconvt._autograd import (Conv2dFunction, ConvTranspose2dFunction,
                                  WeightCorrelationFunction)
 
@@ -31,12 +32,12 @@ def _inputs(case):
     return tensors, dict(stride=s, padding=p, output_padding=op, groups=groups, dilation=d)
 
 
-@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
+@pytest.mark.parametrize("plan", PLANS_FLOAT64, ids=plan_id)
 @pytest.mark.parametrize("name", CASES)
-def test_gradcheck(name, family):
+def test_gradcheck(name, plan):
     (x, w, b), kw = _inputs(CASES[name])
     f = lambda x, w, b: fastconvt.conv_transpose2d(x, w, b, **kw)  # noqa: E731
-    with fastconvt.use_family(family):
+    with fastconvt.use_family(*plan):
         assert gradcheck(f, (x, w, b))
         assert gradgradcheck(f, (x, w, b))
 
@@ -54,9 +55,9 @@ def test_gradcheck_channels_last_1x1_output_padding(family):
         assert gradgradcheck(f, (x, w))
 
 
-@pytest.mark.parametrize("family", fastconvt.kernels.FAMILIES)
-@pytest.mark.parametrize("name", ["plain", "groups", "dilation-op"])
-def test_each_map_gradgradcheck(name, family):
+@pytest.mark.parametrize("plan", PLANS_FLOAT64, ids=plan_id)
+@pytest.mark.parametrize("name", ["plain", "groups", "dilation-op", "1x1-input"])
+def test_each_map_gradgradcheck(name, plan):
     """Each linear map on its own: convolution and weight correlation too."""
     (x, w, _), kw = _inputs(CASES[name])
     geometry = tuple((v, v) if isinstance(v, int) else v
@@ -70,7 +71,7 @@ def test_each_map_gradgradcheck(name, family):
         "weight_correlation": (lambda x, y: WeightCorrelationFunction.apply(x, y, geometry, hw_k),
                                (x, y)),
     }
-    with fastconvt.use_family(family):
+    with fastconvt.use_family(*plan):
         for f, args in maps.values():
             assert gradcheck(f, args)
             assert gradgradcheck(f, args)

@@ -1,0 +1,255 @@
+"""Plans: which kernels compute a map of one configuration, decided once.
+
+A plan is plain data, ``(family, form, product)``:
+
+* ``family``: ``"direct"`` or ``"gemm"`` (``kernels.FAMILIES``);
+* ``form`` (GEMM only): ``"columns"`` or ``"subpixel"``, or ``""`` for the GEMM
+  family's own choice;
+* ``product`` (GEMM only): who multiplies the matrices, ``"mm"`` (``torch.mm``:
+  MKL or OpenBLAS, whichever torch was built with) or ``"onednn"`` (oneDNN's
+  matmul, float32 only, where torch has it); ``""`` for direct.
+
+The backward's plan (both gradients at once) has the extra family ``"separate"``:
+the two maps run one by one, each with its own plan.
+
+Which plan is fastest depends on the CPU (torch's BLAS on AMD and Intel differ by
+up to 2x on the same product) as much as on the layer, so by default the first
+call of a configuration times its candidates on the machine at hand and keeps the
+fastest: in memory (bounded) and on disk as JSON keyed by the CPU model and the
+library versions (:class:`PlanStore`), so later processes start with it. With
+autotuning off (``set_autotune(False)`` or ``FASTCONVT_AUTOTUNE=0``) the rule
+decides, deterministically.
+"""
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import numba
+import numpy as np
+import torch
+
+from . import kernels
+
+log = logging.getLogger("fastconvt")
+
+FAMILIES = tuple(kernels.FAMILIES)
+FORMS = ("", "columns", "subpixel")
+PRODUCTS = ("", "mm", "onednn")
+MAPS = ("conv_transpose2d", "conv2d", "weight_correlation", "backward")
+FORMAT = 1
+# configurations remembered per process, and per plan file
+MAX_PLANS = 4096
+
+
+def rule_family(w_shape, groups):
+    """The family the rule picks for a layer with weight ``w_shape`` (the same for
+    all three of its maps).
+
+    GEMM pays off when its products are large enough in every dimension (input
+    channels per group, output taps ``C_out_g * kH * kW``); otherwise (depthwise,
+    tiny layers) the direct kernels, which need no column buffer.
+    """
+    c_in_g = w_shape[0] // groups
+    taps = w_shape[1] * w_shape[2] * w_shape[3]
+    return "gemm" if c_in_g >= 8 and taps >= 8 else "direct"
+
+
+def rule_plan(family):
+    """The plan of ``family`` when nothing was measured: the family's own form, torch.mm."""
+    return (family, "", "mm" if family == "gemm" else "")
+
+
+def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
+    """The plans worth timing for one configuration, the rule's first."""
+    stride, padding, dilation, groups = geometry
+    if map_name == "weight_correlation":
+        x_shape, y_shape = operand_shapes[:2]
+        w_shape = (x_shape[1], y_shape[1] // groups) + tuple(size)
+    else:
+        w_shape = operand_shapes[1]
+    products = ["mm"] + (["onednn"] if onednn_available() and dtype == np.float32 else [])
+    forms = ["columns"]
+    if kernels.gemm.subpixel_applies(w_shape[2:], stride, dilation):
+        forms.append("subpixel")
+    # the direct kernels have no register blocking: where the products are large in
+    # both dimensions they are several times slower, and timing them costs seconds
+    direct = rule[0] == "direct" or min(w_shape[0] // groups,
+                                        w_shape[1] * w_shape[2] * w_shape[3]) < 64
+    plans = [rule] + ([("direct", "", "")] if direct and map_name != "backward" else [])
+    plans += [("gemm", form, product) for product in products for form in forms]
+    if map_name == "backward":
+        plans.append(("separate", "", ""))
+    return list(dict.fromkeys(plans))  # the rule's plan once, first
+
+
+def valid(plan):
+    """Whether ``plan`` (from a file) is one this version can run."""
+    return (isinstance(plan, (list, tuple)) and len(plan) == 3
+            and all(isinstance(p, str) for p in plan)
+            and plan[0] in FAMILIES + ("separate",) and plan[1] in FORMS
+            and plan[2] in PRODUCTS and (plan[2] != "onednn" or onednn_available()))
+
+
+_onednn = None
+
+
+def onednn_available():
+    """Whether torch has oneDNN's matmul operator (a private one: its absence or
+    failure only removes a candidate)."""
+    global _onednn
+    if _onednn is None:
+        try:
+            a = torch.ones(2, 3)
+            _onednn = bool(torch.backends.mkldnn.is_available()) and torch.equal(
+                torch.ops.mkldnn._linear_pointwise(a, torch.ones(4, 3), None, "none", [], ""),
+                torch.full((2, 4), 3.0))
+        except Exception:  # noqa: BLE001 (any failure means: not available)
+            _onednn = False
+    return _onednn
+
+
+def measure(run, plans, warm=None, rounds=3, prune=2.0):
+    """The fastest of ``plans`` by ``run(plan)`` (which computes the map): each
+    first warmed by ``warm(plan)`` (the map on one image: compiles kernels and
+    loads them, cheaply), then timed over ``rounds`` interleaved rounds; a plan
+    over ``prune`` times the best after a round is dropped. Returns (best plan,
+    {plan: seconds})."""
+    for plan in plans:
+        (warm or run)(plan)
+    best = {}
+    for r in range(rounds):
+        leader = min(best.values(), default=math.inf)
+        for plan in plans:
+            if r > 0 and best[plan] > prune * leader:
+                continue
+            start = time.perf_counter()
+            run(plan)
+            elapsed = time.perf_counter() - start
+            best[plan] = min(best.get(plan, math.inf), elapsed)
+    return min(best, key=best.get), best
+
+
+@functools.lru_cache(maxsize=None)
+def machine():
+    """What a stored plan is valid for: this CPU and these libraries."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    from . import __version__
+    return {"cpu": cpu, "fastconvt": __version__, "torch": torch.__version__,
+            "numba": numba.__version__, "numpy": np.__version__}
+
+
+def cache_dir():
+    """``$FASTCONVT_CACHE_DIR``, else ``$XDG_CACHE_HOME/fastconvt`` or ``~/.cache/fastconvt``."""
+    if os.environ.get("FASTCONVT_CACHE_DIR"):
+        return Path(os.environ["FASTCONVT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fastconvt"
+
+
+class PlanStore:
+    """Measured plans: a bounded in-memory map over a JSON file per machine.
+
+    The file (``plans-<hash of machine()>.json`` in :func:`cache_dir`) holds
+    ``{"format", "machine", "plans": {key: plan}}``. A file that does not parse,
+    has another format or machine, or holds a plan this version cannot run is
+    ignored (with a log line), never trusted; writing failures (a read-only home)
+    are logged once and the plans stay in memory.
+    """
+
+    def __init__(self):
+        self._plans = OrderedDict()
+        self._lock = threading.Lock()
+        self._loaded_from = None
+        self._write_failed = False
+
+    def path(self):
+        ident = json.dumps(machine(), sort_keys=True).encode()
+        return cache_dir() / f"plans-{hashlib.sha256(ident).hexdigest()[:16]}.json"
+
+    def _read(self, path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            log.warning("fastconvt: ignoring unreadable plan file %s (%s)", path, error)
+            return {}
+        if not (isinstance(data, dict) and data.get("format") == FORMAT
+                and data.get("machine") == machine() and isinstance(data.get("plans"), dict)):
+            log.warning("fastconvt: ignoring plan file %s: another format or machine", path)
+            return {}
+        plans = {k: tuple(v) for k, v in data["plans"].items()
+                 if isinstance(k, str) and valid(v)}
+        if len(plans) != len(data["plans"]):
+            log.warning("fastconvt: ignoring %d invalid entries of plan file %s",
+                        len(data["plans"]) - len(plans), path)
+        return plans
+
+    def _load(self):
+        path = self.path()
+        if self._loaded_from != path:
+            self._loaded_from = path
+            for key, plan in self._read(path).items():
+                self._remember(key, plan)
+
+    def _remember(self, key, plan):
+        self._plans[key] = plan
+        self._plans.move_to_end(key)
+        while len(self._plans) > MAX_PLANS:
+            self._plans.popitem(last=False)
+
+    def get(self, key):
+        with self._lock:
+            self._load()
+            plan = self._plans.get(key)
+            if plan is not None:
+                self._plans.move_to_end(key)
+            return plan
+
+    def put(self, key, plan):
+        with self._lock:
+            self._load()
+            self._remember(key, plan)
+            self._write(key, plan)
+
+    def _write(self, key, plan):
+        path = self.path()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            plans = self._read(path)  # another process may have added plans
+            plans[key] = plan
+            plans = dict(list(plans.items())[-MAX_PLANS:])
+            data = {"format": FORMAT, "machine": machine(), "plans": plans}
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".plans-", suffix=".json")
+            with os.fdopen(fd, "w") as f:
+                json.dump(data, f, indent=0)
+            os.replace(tmp, path)
+        except OSError as error:
+            if not self._write_failed:
+                log.warning("fastconvt: cannot write plan file %s (%s); plans stay in memory",
+                            path, error)
+            self._write_failed = True
+
+    def clear(self):
+        """Forget the plans in memory (the file stays; it is read again on next use)."""
+        with self._lock:
+            self._plans.clear()
+            self._loaded_from = None
