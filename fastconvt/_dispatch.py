@@ -23,6 +23,7 @@ _forced = contextvars.ContextVar("fastconvt_forced_plan", default=None)
 _autotune = os.environ.get("FASTCONVT_AUTOTUNE", "1") not in ("0", "")
 _choices = OrderedDict()  # key -> plan, most recently used last
 _store = _plans.PlanStore()
+_DTYPE_NAMES = {np.dtype(name).char: name for name in kernels._config.DTYPES}
 
 
 def torch_gemm(a, b, out, accumulate):
@@ -94,8 +95,8 @@ def use_family(name, form=None, product=None):
 
 def _key(map_name, operand_shapes, dtype, geometry, size, periodic=False):
     # the bias (a third operand) does not change the choice
-    return (map_name, np.dtype(dtype).name, tuple(operand_shapes[:2]), geometry, tuple(size),
-            torch.get_num_threads(), periodic)
+    return (map_name, _DTYPE_NAMES[np.dtype(dtype).char], tuple(operand_shapes[:2]), geometry,
+            tuple(size), torch.get_num_threads(), periodic)
 
 
 def _rule(key, out_shape):

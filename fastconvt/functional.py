@@ -65,6 +65,11 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         >>> fastconvt.conv_transpose2d(x, w, stride=2, padding=1).shape
         torch.Size([1, 1, 7, 7])
     """
+    key = _call_key(input, weight, bias, stride, padding, output_padding, groups, dilation,
+                    padding_mode)
+    prepared = _calls.get(key) if key is not None else None
+    if prepared is not None and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+        return _run_prepared(input, weight, bias, padding_mode, *prepared)
     check_padding_mode(padding_mode)
     # a trace records torch operators and cannot see what Numba writes: it gets
     # torch's operators, so the traced graph computes the same layer
@@ -87,10 +92,54 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                                    [input.shape[0], weight.shape[1] * geometry[3], *out_hw])
     if input.shape[0] == 0:
         out = _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
+        return out.squeeze(0) if unbatched else out
+    prepared = (unbatched, geometry, out_hw,
+                _is_channels_last(input) or _is_channels_last(weight))
+    if key is not None:
+        _calls[key] = prepared
+        if len(_calls) > _MAX_CALLS:
+            _calls.pop(next(iter(_calls)))  # the oldest
+    return _run_prepared(input if not unbatched else input.squeeze(0), weight, bias,
+                         padding_mode, *prepared)
+
+
+# Calls validated before, by all that decides how they run (operand types, devices,
+# dtypes, shapes and strides, and the arguments, ints and tuples of ints only): a
+# module's repeated call skips argument parsing, validation and layout inspection.
+_calls = {}
+_MAX_CALLS = 1024
+_PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their own
+
+
+def _call_key(input, weight, bias, *args):
+    """The key of this call in ``_calls``, or None where it cannot be cached."""
+    if type(input) not in _PLAIN or type(weight) not in _PLAIN or not (
+            input.is_cpu and weight.is_cpu and input.layout == weight.layout == torch.strided):
+        return None
+    if bias is None:
+        b = None
+    elif type(bias) in _PLAIN and bias.is_cpu and bias.layout == torch.strided:
+        b = (bias.dtype, bias.shape, bias.stride())
     else:
-        out = _apply_kernels(input, weight, bias, geometry, out_hw, padding_mode)
-        if _is_channels_last(input) or _is_channels_last(weight):
-            out = out.contiguous(memory_format=torch.channels_last)
+        return None
+    for v in args[:5]:
+        if type(v) is not int:
+            if type(v) is not tuple:
+                return None
+            for e in v:
+                if type(e) is not int:
+                    return None
+    return (input.dtype, input.shape, input.stride(), weight.dtype, weight.shape,
+            weight.stride(), b) + args
+
+
+def _run_prepared(input, weight, bias, padding_mode, unbatched, geometry, out_hw,
+                  channels_last):
+    """The kernels on a call validated before (``_calls``): a non-empty batch."""
+    x = input.unsqueeze(0) if unbatched else input
+    out = _apply_kernels(x, weight, bias, geometry, out_hw, padding_mode)
+    if channels_last:
+        out = out.contiguous(memory_format=torch.channels_last)
     return out.squeeze(0) if unbatched else out
 
 

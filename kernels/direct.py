@@ -176,6 +176,10 @@ def _check(name, *arrays):
             raise ValueError(f"{name}: arrays must be C-contiguous")
 
 
+# signatures of operands that passed _check_layer: a repeated call checks no more
+_FITTING = {}
+
+
 def _check_layer(name, geometry, size, x=None, w=None, y=None, bias=None):
     """``ValueError`` naming the problem unless the operands present (not None) fit one
     layer: ``x`` ``(N, C_in, H_in, W_in)``, ``w`` ``(C_in, C_out // groups, kH, kW)``,
@@ -183,6 +187,22 @@ def _check_layer(name, geometry, size, x=None, w=None, y=None, bias=None):
     ``geometry`` (stride, padding, dilation, groups) and ``size`` the result's spatial
     size; and the arrays as :func:`_check` wants them. The kernels index by these
     shapes without bounds checks."""
+    try:
+        signature = (name, geometry, tuple(size)) + tuple(
+            None if a is None else (a.shape, a.dtype.char, a.flags.c_contiguous)
+            for a in (x, w, y, bias))
+        if signature in _FITTING:
+            return
+    except TypeError:  # unhashable arguments: check them every time
+        signature = None
+    _check_layer_once(name, geometry, size, x, w, y, bias)
+    if signature is not None:
+        if len(_FITTING) >= 1024:
+            _FITTING.clear()
+        _FITTING[signature] = True
+
+
+def _check_layer_once(name, geometry, size, x, w, y, bias):
     _check(name, *(a for a in (x, w, y, bias) if a is not None))
     for label, a in (("x", x), ("w", w), ("y", y)):
         if a is not None and a.ndim != 4:

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fastconvt
-from conftest import (DTYPES, PLANS, check_values_and_gradients, plan_id, reference,
-                      with_layout)
+from conftest import (DTYPES, PLANS, assert_close, check_values_and_gradients, plan_id,
+                      reference, with_layout)
 
 # (N, C_in, C_out, groups, H, W, kernel, stride, padding, output_padding, dilation)
 CASES = {
@@ -171,3 +171,32 @@ def test_sweep_plans(plan, problem):
 def test_sweep_dispatched(problem):
     """Whatever the dispatcher picks."""
     _check_forward_backward(*problem)
+
+
+def test_repeated_calls_revalidate_what_changed():
+    """A repeated call reuses its validation only for the same operand types, devices,
+    dtypes, shapes, strides and argument types."""
+    x, weight, b, kw = _case_tensors(CASES["groups"], torch.float32)
+    first = fastconvt.conv_transpose2d(x, weight, b, **kw)
+    assert_close(first, reference(x, weight, b, **kw))
+    # the same shapes in channels_last: another layout, another output format
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    out = fastconvt.conv_transpose2d(x_cl, weight, b, **kw)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, first)
+    # bools where ints were: torch's TypeError, not the cached call
+    with pytest.raises(TypeError):
+        fastconvt.conv_transpose2d(x, weight, b, **dict(kw, stride=(True, 2)))
+    # float64 operands with the same shapes
+    assert fastconvt.conv_transpose2d(x.double(), weight.double(), b.double(),
+                                      **kw).dtype == torch.float64
+    # a bias of the wrong length
+    with pytest.raises(RuntimeError, match="bias"):
+        fastconvt.conv_transpose2d(x, weight, b[:-1], **kw)
+    # a __torch_function__ subclass goes to torch
+    tagged = x.as_subclass(_Tagged)
+    assert type(fastconvt.conv_transpose2d(tagged, weight, b, **kw)) is _Tagged
+
+
+class _Tagged(torch.Tensor):
+    pass

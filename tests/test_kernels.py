@@ -471,3 +471,19 @@ def test_gemm_subpixel_only_within_the_workspace_bound(monkeypatch):
                                workspace_bytes=4096)  # one image's columns: 93 KB
     assert used == [True]
     np.testing.assert_allclose(tight, roomy)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_a_misfit_after_a_fitting_call_still_raises(family):
+    """Entry points remember operands that fit; what changed is checked again."""
+    module = FAMILIES[family]
+    x = np.ones((2, 4, 3, 3), np.float32)
+    w = np.ones((4, 2, 3, 3), np.float32)
+    geometry = ((2, 2), (1, 1), (1, 1), 2)
+    module.conv_transpose2d(x, w, np.ones(4, np.float32), *geometry, (5, 5))
+    with pytest.raises(ValueError, match="bias"):
+        module.conv_transpose2d(x, w, np.ones(3, np.float32), *geometry, (5, 5))
+    with pytest.raises(ValueError, match="C-contiguous"):
+        module.conv_transpose2d(np.asfortranarray(x), w, None, *geometry, (5, 5))
+    with pytest.raises(TypeError, match="dtype"):
+        module.conv_transpose2d(x, w.astype(np.float64), None, *geometry, (5, 5))
