@@ -81,6 +81,14 @@ def _threading_layer():
         return "not initialised"
 
 
+def _torch_blas():
+    """The BLAS torch's matrix products use (its build configuration says)."""
+    for line in torch.__config__.show().splitlines():
+        if "BLAS_INFO=" in line:
+            return line.split("BLAS_INFO=")[1].split(",")[0].strip()
+    return "?"
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     try:
         import onnxruntime
@@ -91,6 +99,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
         cpu_model=cpu_model(),
         threads=THREADS,
         torch=torch.__version__,
+        torch_blas=_torch_blas(),
+        onednn_product=fastconvt._plans.onednn_available(),
         numba=numba.__version__,
         numpy=numpy.__version__,
         numba_threading_layer=_threading_layer(),

@@ -14,6 +14,7 @@ by hand; its GFLOP/s count the same multiply-adds as a zeros-mode layer of its s
 """
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .layers import LAYERS, MODES, flops
 DTYPES = ("float32", "float64")
 CASES = [(dtype, mode) for dtype in DTYPES for mode in MODES]  # table order
 BUSY = 0.1  # share of the CPUs other processes may use before a timing is flagged
-COLUMNS = ["layer", "torch ms", "fastconvt ms", "speed-up", "GFLOP/s", "% peak", "family",
+COLUMNS = ["layer", "torch ms", "fastconvt ms", "speed-up", "GFLOP/s", "% peak", "plan",
            "ORT ms"]
 
 
@@ -101,7 +102,9 @@ def _cells(row, with_ort):
 def _preamble(results, summary):
     info = results.get("machine_info", {}).get("fastconvt_bench", {})
     lines = [f"CPU: {info.get('cpu_model', '?')}; {info.get('threads', '?')} threads; "
-             f"torch {info.get('torch', '?')}, numba {info.get('numba', '?')} "
+             f"torch {info.get('torch', '?')} (products: {info.get('torch_blas', '?')}, "
+             f"oneDNN matmul {'available' if info.get('onednn_product') else 'unavailable'}), "
+             f"numba {info.get('numba', '?')} "
              f"(threading layer {info.get('numba_threading_layer', '?')}), "
              f"onnxruntime {info.get('onnxruntime', '?')}"]
     lines.append("speed-up: " + ("median ratio torch / fastconvt over interleaved pairs "
@@ -192,8 +195,9 @@ def markdown(results, summary):
     """The report as Markdown (bench/results/latest.md)."""
     out = ["# fastconvt benchmark", ""] + [f"- {line}" for line in _preamble(results, summary)]
     out += ["- GFLOP/s: useful multiply-adds x 2 "
-            "(forward+backward: 3x a forward); % peak: of the matmul above; family: "
-            "fastconvt's kernel family; ORT: ONNX Runtime"]
+            "(forward+backward: 3x a forward); % peak: of the matmul above; plan: "
+            "fastconvt's plan (family/form/product; forward+backward adds the backward's) "
+            "as measured in this run; ORT: ONNX Runtime"]
     for (dtype, mode), rows in summary["tables"].items():
         with_ort = _with_ort(rows)
         header = COLUMNS if with_ort else COLUMNS[:-1]
@@ -254,12 +258,27 @@ def plot(results, summary, path):
     return True
 
 
+def cpu_slug(cpu):
+    """A file name for a CPU model: lower case, runs of other characters as one dash."""
+    return re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-")
+
+
 def write(json_path, out_dir):
-    """Write latest.md and speedups.png next to the JSON; return the text report."""
+    """Write latest.md and speedups.png next to the JSON, and the Markdown again as
+    ``<cpu model>.md`` (kept in the repository: one report per CPU measured); return
+    the text report."""
     results = load(json_path)
     summary = summarize(results)
     out_dir = Path(out_dir)
-    (out_dir / "latest.md").write_text(markdown(results, summary))
+    report_md = markdown(results, summary)
+    (out_dir / "latest.md").write_text(report_md)
+    info = results.get("machine_info", {}).get("fastconvt_bench", {})
+    timed = {(b["extra_info"].get("layer"), b["extra_info"].get("mode"),
+              b["extra_info"].get("dtype")) for b in results["benchmarks"]
+             if b["extra_info"].get("impl") == "fastconvt"}
+    whole = timed >= {(name, mode, dtype) for name in LAYERS for dtype, mode in CASES}
+    if whole and info.get("cpu_model") and not info.get("forced_family"):
+        (out_dir / f"{cpu_slug(info['cpu_model'])}.md").write_text(report_md)
     report = text(results, summary)
     try:
         if plot(results, summary, out_dir / "speedups.png"):

@@ -116,6 +116,7 @@ def _time(benchmark, config, step):
     Records in extra_info["others_cpu"] the share of the machine's CPUs that other
     processes used meanwhile (timings of 0.5 s or more): above ~0.1 the timing is not
     to be trusted."""
+    step()  # a first call also measures fastconvt's plans and compiles: untimed
     for _ in range(2):
         start = time.perf_counter()
         step()
@@ -140,17 +141,24 @@ def _describe(benchmark, layer, impl, dtype, mode, **more):
     benchmark.extra_info.update(info, **more)
 
 
-def _family(layer, x, weight, forced):
-    """The kernel family fastconvt's dispatcher picks here ("-" if it has none)."""
+def _plan(layer, x, weight, forced, mode):
+    """The plan fastconvt used here, after its first calls measured it ("-" if this
+    fastconvt has no plans): forward, and for forward+backward the backward's too."""
     if forced:
         return forced
-    select = getattr(fastconvt, "select_family", None)
+    select = getattr(fastconvt, "select_plan", None)
     if select is None:
         return "-"
     try:
-        return str(select(x.detach(), weight.detach(), **layer.functional_args()))
+        plans = select(x.detach(), weight.detach(), **layer.functional_args())
     except Exception as error:  # noqa: BLE001 - the report shows it, the timing goes on
         return f"error: {type(error).__name__}"
+    if not plans:
+        return "torch"
+    text = {name: "/".join(p for p in plan if p) for name, plan in plans.items()}
+    if mode == "forward":
+        return text["forward"]
+    return "; ".join(f"{name} {value}" for name, value in text.items())
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -180,8 +188,7 @@ def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, i
     grad = torch.randn(spec.output_shape, dtype=DTYPES[dtype])
     params = (x, module.weight, module.bias)
     forced = family if impl == "fastconvt" else None
-    _describe(benchmark, layer, impl, dtype, mode,
-              family=_family(spec, x, module.weight, forced) if impl == "fastconvt" else "")
+    _describe(benchmark, layer, impl, dtype, mode, family="")
 
     if mode == "forward":
         def step():
@@ -193,6 +200,8 @@ def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, i
 
     with fastconvt.use_family(forced) if forced else contextlib.nullcontext():
         _time(benchmark, pytestconfig, step)
+        if impl == "fastconvt":
+            benchmark.extra_info["family"] = _plan(spec, x, module.weight, forced, mode)
         seconds = pytestconfig.getoption("paired_seconds")
         if impl == "fastconvt" and seconds > 0:
             from paired import paired  # it imports this module

@@ -1,14 +1,14 @@
 """fastconvt: a drop-in, Numba-computed replacement for torch.nn.ConvTranspose2d on the CPU."""
 from . import init, kernels
 from ._dispatch import set_autotune, use_family
-from .functional import conv_transpose2d, select_family
+from .functional import conv_transpose2d, select_family, select_plan
 from .modules import ConvTranspose2d, convert
 from .sizes import checkerboard, output_padding_for, output_size
 
 __version__ = "0.1.0"
-__all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "select_family", "set_autotune",
-           "use_family", "warmup", "kernels", "init", "checkerboard", "output_padding_for",
-           "output_size"]
+__all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "select_family", "select_plan",
+           "set_autotune", "use_family", "warmup", "kernels", "init", "checkerboard",
+           "output_padding_for", "output_size"]
 
 
 def warmup():

@@ -153,6 +153,23 @@ def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
     return _planned(key, out_shape, final=False)[0]
 
 
+def plans_of(x_shape, w_shape, dtype, geometry, out_hw):
+    """The plans of a layer's forward and backward (and, where the backward runs
+    the two maps separately, of each), as they stand: measured, remembered or ruled."""
+    out_shape = (x_shape[0], w_shape[1] * geometry[3]) + tuple(out_hw)
+    plans = {"forward": _planned(_key("conv_transpose2d", (x_shape, w_shape), dtype, geometry,
+                                      out_hw), out_shape, final=False),
+             "backward": _planned(_key("backward", (x_shape, w_shape), dtype, geometry,
+                                       out_hw), x_shape, final=False)}
+    if plans["backward"][0] == "separate":
+        plans["input gradient"] = _planned(_key("conv2d", (out_shape, w_shape), dtype, geometry,
+                                                x_shape[2:]), x_shape, final=False)
+        plans["weight gradient"] = _planned(
+            _key("weight_correlation", (x_shape, out_shape), dtype, geometry, w_shape[2:]),
+            w_shape, final=False)
+    return plans
+
+
 def _call(plan, map_name, operands, geometry, size, out):
     family, form, product = plan
     compute = getattr(kernels.FAMILIES[family], map_name)

@@ -169,6 +169,22 @@ def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1
                             out_hw, out_shape)
 
 
+def select_plan(input, weight, stride=1, padding=0, output_padding=0, groups=1, dilation=1):
+    """The plans that compute this layer, as ``{"forward": ..., "backward": ...}`` (and
+    ``"input gradient"``, ``"weight gradient"`` where the backward runs the two maps
+    on their own plans); each a ``(family, form, product)`` tuple (see the README's
+    Plans). A configuration not yet measured reports the rule's plans; ``{}`` where
+    fastconvt delegates to torch. Arguments as in :func:`conv_transpose2d`."""
+    if select_family(input, weight, stride, padding, output_padding, groups,
+                     dilation) == "torch":
+        return {}
+    dtype = torch.float32 if input.dtype in _UPCAST_DTYPES else input.dtype
+    _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
+                                          output_padding, groups, dilation)
+    return _dispatch.plans_of(tuple(input.shape), tuple(weight.shape), _NUMPY_DTYPES[dtype],
+                              geometry, out_hw)
+
+
 def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):
     """Validate as torch does; return (unbatched, 4-D input, geometry, output (H, W))."""
     if input.dim() not in (3, 4):

@@ -180,3 +180,18 @@ def test_onednn_product(accumulate):
         _dispatch.onednn_gemm(left, right, out, accumulate)
         want = left.astype(np.float64) @ right.astype(np.float64) + (1 if accumulate else 0)
         assert np.abs(out - want).max(initial=0) <= 1e-4 * np.abs(want).max(initial=1)
+
+
+def test_select_plan_reports_the_measured_plans(measuring):
+    x, w, kw = _layer()
+    before = fastconvt.select_plan(x, w, **kw)
+    assert before["forward"] == _dispatch._rule(
+        _dispatch._key("conv_transpose2d", (x.shape, w.shape), np.float32,
+                       ((2, 2), (1, 1), (1, 1), 1), (10, 10)), None)
+    out = fastconvt.conv_transpose2d(x, w, **kw)
+    torch.autograd.grad(out, (x, w), torch.ones_like(out))
+    after = fastconvt.select_plan(x, w, **kw)
+    assert set(after) >= {"forward", "backward"} and all(map(_plans.valid, after.values()))
+    assert after["forward"] == [p for k, p in _dispatch._choices.items()
+                                if k[0] == "conv_transpose2d"][0]
+    assert fastconvt.select_plan(x.long(), w.long(), **kw) == {}
