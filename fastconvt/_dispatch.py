@@ -18,7 +18,8 @@ import torch
 from . import _plans, kernels
 
 FAMILIES = _plans.FAMILIES
-_FORMS = {"": None, "columns": False, "subpixel": True}  # the GEMM family's ``subpixel``
+# the GEMM family's ``subpixel`` argument per form (Winograd has kernels of its own)
+_FORMS = {"": None, "columns": False, "subpixel": True, "winograd": None}
 _forced = contextvars.ContextVar("fastconvt_forced_plan", default=None)
 _autotune = os.environ.get("FASTCONVT_AUTOTUNE", "1") not in ("0", "")
 _choices = OrderedDict()  # key -> plan, most recently used last
@@ -74,12 +75,13 @@ def set_autotune(enabled):
 @contextmanager
 def use_family(name, form=None, product=None):
     """Force kernel family ``name`` (``"direct"`` or ``"gemm"``) inside the block;
-    for ``"gemm"`` also its ``form`` (``"columns"`` or ``"subpixel"``, where the
-    kernel sizes are multiples of the strides; default: the family's choice) and
+    for ``"gemm"`` also its ``form`` (``"columns"``; ``"subpixel"``, where the kernel
+    sizes are multiples of the strides; ``"winograd"``, for the forward and input
+    gradient of a 3x3 stride-1 layer; elsewhere, and by default, the family's choice) and
     ``product`` (``"mm"``, the default, or ``"onednn"``, float32 where available)."""
     if name not in FAMILIES:
         raise ValueError(f"unknown kernel family {name!r}; expected one of {FAMILIES}")
-    if form not in (None, "columns", "subpixel") or product not in (None, "mm", "onednn"):
+    if form not in (None,) + _plans.FORMS[1:] or product not in (None, "mm", "onednn"):
         raise ValueError(f"unknown form {form!r} or product {product!r}")
     if name == "direct" and (form or product):
         raise ValueError("the direct family has no form or product to choose")
@@ -120,8 +122,9 @@ def _planned(key, out_shape, tune=None, final=True):
         # direct kernels need nothing but Numba, run serially in such a child
         forced = ("direct", "", "")
     if forced is not None:
-        if key[0] == "backward":
-            return forced if forced[0] == "gemm" else ("separate", "", "")
+        if key[0] == "backward":  # Winograd computes one map: the maps run on their own
+            fused = forced[0] == "gemm" and forced[1] != "winograd"
+            return forced if fused else ("separate", "", "")
         return forced
     plan = _choices.get(key)
     if plan is not None:
@@ -176,6 +179,10 @@ def _call(plan, map_name, operands, geometry, size, out):
     if family == "direct":
         return compute(*operands, *geometry, size, out=out)
     kernel_hw = size if map_name == "weight_correlation" else operands[1].shape[2:]
+    if form == "winograd" and map_name != "weight_correlation" and kernels.winograd.applies(
+            kernel_hw, geometry[0], geometry[2], geometry[3]):
+        compute = getattr(kernels.winograd, map_name)
+        return compute(*operands, *geometry, size, out=out, gemm=_PRODUCTS[product])
     return compute(*operands, *geometry, size, out=out, gemm=_PRODUCTS[product],
                    subpixel=_subpixel(form, kernel_hw, geometry))
 

@@ -3,8 +3,9 @@
 A plan is plain data, ``(family, form, product)``:
 
 * ``family``: ``"direct"`` or ``"gemm"`` (``kernels.FAMILIES``);
-* ``form`` (GEMM only): ``"columns"`` or ``"subpixel"``, or ``""`` for the GEMM
-  family's own choice;
+* ``form`` (GEMM only): ``"columns"``, ``"subpixel"`` or ``"winograd"`` (F(2x2, 3x3)
+  for 3x3 stride-1 layers: ``kernels.winograd``), or ``""`` for the GEMM family's own
+  choice;
 * ``product`` (GEMM only): who multiplies the matrices, ``"mm"`` (``torch.mm``:
   MKL or OpenBLAS, whichever torch was built with) or ``"onednn"`` (oneDNN's
   matmul, float32 only, where torch has it); ``""`` for direct.
@@ -42,9 +43,11 @@ from . import kernels
 log = logging.getLogger("fastconvt")
 
 FAMILIES = tuple(kernels.FAMILIES)
-FORMS = ("", "columns", "subpixel")
+FORMS = ("", "columns", "subpixel", "winograd")
 PRODUCTS = ("", "mm", "onednn")
 MAPS = ("conv_transpose2d", "conv2d", "weight_correlation", "backward")
+# Winograd F(2x2, 3x3) may be measured (and so chosen) unless FASTCONVT_WINOGRAD=0
+WINOGRAD = os.environ.get("FASTCONVT_WINOGRAD", "1") not in ("0", "")
 FORMAT = 1
 # configurations remembered per process, and per plan file
 MAX_PLANS = 4096
@@ -80,6 +83,9 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     forms = ["columns"]
     if kernels.gemm.subpixel_applies(w_shape[2:], stride, dilation):
         forms.append("subpixel")
+    if (WINOGRAD and map_name in ("conv_transpose2d", "conv2d") and np.dtype(dtype).kind == "f"
+            and kernels.winograd.applies(w_shape[2:], stride, dilation, groups)):
+        forms.append("winograd")
     # the direct kernels have no register blocking: where the products are large in
     # both dimensions they are several times slower, and timing them costs seconds
     direct = rule[0] == "direct" or min(w_shape[0] // groups,
@@ -96,7 +102,8 @@ def valid(plan):
     return (isinstance(plan, (list, tuple)) and len(plan) == 3
             and all(isinstance(p, str) for p in plan)
             and plan[0] in FAMILIES + ("separate",) and plan[1] in FORMS
-            and plan[2] in PRODUCTS and (plan[2] != "onednn" or onednn_available()))
+            and plan[2] in PRODUCTS and (plan[2] != "onednn" or onednn_available())
+            and (plan[1] != "winograd" or WINOGRAD))
 
 
 _onednn = None

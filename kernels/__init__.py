@@ -3,13 +3,15 @@
 Torch-free. Each family module (``direct``) exposes the same three entry points,
 ``conv_transpose2d``, ``conv2d`` (its input adjoint) and ``weight_correlation``
 (its weight adjoint), over C-contiguous float32, float64, complex64 or complex128 arrays in NCHW
-layout. ``borders`` folds and pads the borders of the non-zero padding modes.
+layout. ``winograd`` computes the forward and input adjoint of 3x3 stride-1 layers with fewer
+multiplies (F(2x2, 3x3)). ``borders`` folds and pads the borders of the non-zero padding
+modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import borders, direct, gemm
+from . import borders, direct, gemm, winograd
 from ._config import num_threads
 
-__all__ = ["borders", "direct", "gemm", "FAMILIES", "num_threads", "warmup"]
+__all__ = ["borders", "direct", "gemm", "winograd", "FAMILIES", "num_threads", "warmup"]
 
 # kernel families by name; each exposes conv_transpose2d, conv2d, weight_correlation
 FAMILIES = {"direct": direct, "gemm": gemm}
@@ -42,6 +44,11 @@ def warmup(dtypes=("float32", "float64")):
                                       subpixel=True, periodic=periodic)
                 gemm.conv_transpose2d_backward(x, w4, y, *geometry, parallel=parallel,
                                                subpixel=True, periodic=periodic)
+            # Winograd F(2x2, 3x3): a 3x3 stride-1 layer's forward and input adjoint
+            w3, one = np.ones((2, 2, 3, 3), dtype), (1, 1)
+            y3 = winograd.conv_transpose2d(x, w3, None, one, one, one, 1, (3, 3),
+                                           parallel=parallel)
+            winograd.conv2d(y3, w3, one, one, one, 1, (3, 3), parallel=parallel)
             for mode in borders.MODES:
                 z = borders.pad_borders(x, (1, 1), mode, parallel=parallel)
                 borders.fold_borders(z, np.ones(2, dtype), (1, 1), mode, parallel=parallel)

@@ -18,6 +18,7 @@ CASES = {
     "no-bias": ((1, 2, 2, 3), 2, 1, 3, 3, 1, 2, 1, False),
     "unbatched": ((2, 3, 2), 2, 1, 3, 2, 1, 0, 1, True),
     "non-square": ((1, 2, 2, 4), 2, 1, (3, 1), (1, 2), (1, 0), (0, 1), (2, 1), True),
+    "stride1-3x3": ((2, 3, 3, 4), 2, 1, 3, 1, 1, 0, 1, True),  # Winograd's geometry
 }
 
 
@@ -56,7 +57,8 @@ def test_gradcheck_channels_last_1x1_output_padding(family):
 
 
 @pytest.mark.parametrize("plan", PLANS_FLOAT64, ids=plan_id)
-@pytest.mark.parametrize("name", ["plain", "groups", "dilation-op", "1x1-input"])
+@pytest.mark.parametrize("name", ["plain", "groups", "dilation-op", "1x1-input",
+                                  "stride1-3x3"])
 def test_each_map_gradgradcheck(name, plan):
     """Each linear map on its own: convolution and weight correlation too."""
     (x, w, _), kw = _inputs(CASES[name])
