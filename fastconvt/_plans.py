@@ -48,7 +48,9 @@ PRODUCTS = ("", "mm", "onednn")
 MAPS = ("conv_transpose2d", "conv2d", "weight_correlation", "backward")
 # Winograd F(2x2, 3x3) may be measured (and so chosen) unless FASTCONVT_WINOGRAD=0
 WINOGRAD = os.environ.get("FASTCONVT_WINOGRAD", "1") not in ("0", "")
-FORMAT = 1
+# the plan file's format, raised whenever the candidates change (a plan measured
+# without a newer candidate is measured again)
+FORMAT = 2
 # configurations remembered per process, and per plan file
 MAX_PLANS = 4096
 
