@@ -117,9 +117,9 @@ def _planned(key, out_shape, tune=None, final=True):
     ``tune``, else the rule's. ``final=False`` (a question, not a call) leaves
     a configuration not yet measured to be measured on its first call."""
     forced = _forced.get()
-    if forced is None and kernels._config.forked_child():
-        # a forked child cannot use torch's thread pool (torch hangs there); the
-        # direct kernels need nothing but Numba, run serially in such a child
+    if kernels._config.forked_child():
+        # a forked child cannot use torch's thread pool (torch hangs there, forced or
+        # not); the direct kernels need nothing but Numba, run serially in such a child
         forced = ("direct", "", "")
     if forced is not None:
         if key[0] == "backward":  # Winograd computes one map: the maps run on their own

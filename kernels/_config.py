@@ -30,8 +30,10 @@ _workqueue_lock = threading.Lock()
 
 
 def _note_fork():
-    global _forked_child
+    global _forked_child, _workqueue_lock
     _forked_child = True
+    # a lock held by another thread at the fork stays held forever in the child
+    _workqueue_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_note_fork)

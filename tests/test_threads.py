@@ -13,7 +13,7 @@ import fastconvt
 from conftest import assert_close, reference
 
 SCRIPT = textwrap.dedent("""
-    import multiprocessing, sys
+    import contextlib, multiprocessing, sys
     import torch, fastconvt
     g = torch.Generator().manual_seed(0)
     x = torch.randn(4, 8, 16, 16, generator=g)
@@ -21,11 +21,13 @@ SCRIPT = textwrap.dedent("""
     ref = torch.nn.functional.conv_transpose2d(x.double(), w.double(), stride=2, padding=1)
 
     def error(_=None):
-        y = fastconvt.conv_transpose2d(x, w, stride=2, padding=1)
+        forced = sys.argv[1] == "fork-gemm" and multiprocessing.parent_process() is not None
+        with fastconvt.use_family("gemm") if forced else contextlib.nullcontext():
+            y = fastconvt.conv_transpose2d(x, w, stride=2, padding=1)
         return float((y.double() - ref).abs().max() / ref.abs().max())
 
     errors = [error()]  # the parent starts Numba's thread pool first
-    if sys.argv[1] == "fork":
+    if sys.argv[1].startswith("fork"):
         with multiprocessing.get_context("fork").Pool(2) as pool:
             errors += pool.map_async(error, range(4)).get(timeout=60)
     else:
@@ -36,12 +38,13 @@ SCRIPT = textwrap.dedent("""
         [t.join() for t in threads]
     import numba
     print(numba.threading_layer(), len(errors), max(errors))
-    assert max(errors) < 1e-5 and len(errors) == (5 if sys.argv[1] == "fork" else 41)
+    assert max(errors) < 1e-5 and len(errors) == (5 if sys.argv[1].startswith("fork") else 41)
 """)
 
 
 def _run(mode, layer, cwd):
-    env = {"NUMBA_THREADING_LAYER": layer, "PATH": "/usr/bin:/bin"}
+    env = {"NUMBA_THREADING_LAYER": layer, "PATH": "/usr/bin:/bin",
+           "FASTCONVT_CACHE_DIR": str(cwd)}  # measured plans stay in the test's folder
     # -P and a neutral cwd: the installed fastconvt, never the source tree's
     done = subprocess.run([sys.executable, "-P", "-c", SCRIPT, mode], env=env, cwd=cwd,
                           capture_output=True, text=True, timeout=240)
@@ -55,6 +58,13 @@ def test_forked_children_compute(layer, tmp_path):
     """GNU OpenMP cannot run parallel regions in a child forked after its pool
     started; fastconvt runs its kernels serially there instead of dying."""
     _run("fork", layer, tmp_path)
+
+
+@pytest.mark.slow
+def test_forked_children_ignore_a_forced_gemm_family(tmp_path):
+    """torch's products hang in such a child: a forced GEMM family gives way to the
+    direct kernels there too (it hung forever)."""
+    _run("fork-gemm", "omp", tmp_path)
 
 
 @pytest.mark.slow
