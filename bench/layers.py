@@ -14,17 +14,23 @@ from typing import NamedTuple
 MODES = ("forward", "forward+backward")
 
 
+def _pair(value):
+    return value if isinstance(value, tuple) else (value, value)
+
+
 class Layer(NamedTuple):
+    """A layer; ``kernel_size``, ``stride``, ``padding`` and ``output_padding`` are an
+    int or an (H, W) pair, as in ``nn.ConvTranspose2d``."""
     name: str
     batch: int
     in_channels: int
     out_channels: int
     height: int
     width: int
-    kernel_size: int
-    stride: int = 1
-    padding: int = 0
-    output_padding: int = 0
+    kernel_size: object
+    stride: object = 1
+    padding: object = 0
+    output_padding: object = 0
     groups: int = 1
     dilation: int = 1
     padding_mode: str = "zeros"
@@ -35,10 +41,11 @@ class Layer(NamedTuple):
 
     @property
     def output_shape(self):
-        def size(n):
-            return ((n - 1) * self.stride - 2 * self.padding
-                    + self.dilation * (self.kernel_size - 1) + self.output_padding + 1)
-        return (self.batch, self.out_channels, size(self.height), size(self.width))
+        return (self.batch, self.out_channels) + tuple(
+            (n - 1) * s - 2 * p + self.dilation * (k - 1) + op + 1
+            for n, k, s, p, op in zip((self.height, self.width), _pair(self.kernel_size),
+                                      _pair(self.stride), _pair(self.padding),
+                                      _pair(self.output_padding)))
 
     def conv_args(self):
         """Keyword arguments of ``nn.ConvTranspose2d`` (bias and padding_mode included)."""
@@ -81,6 +88,10 @@ _LAYERS = [
     # upsampling from a 32x32 to a 64x64 periodic lattice, the adjoint of a circular Conv2d.
     Layer("circular-64to32-k4s2p1-32x32-b8", 8, 64, 32, 32, 32, 4, 2, 1,
           padding_mode="circular"),
+    # Grouped (ResNeXt-style decoders): 8 groups of 32 channels.
+    Layer("grouped-256to256-g8-k4s2-16x16-b8", 8, 256, 256, 16, 16, 4, 2, 1, groups=8),
+    # An audio vocoder's upsampler (HiFi-GAN/MelGAN-style): a 1-D signal as a 1-row image.
+    Layer("vocoder-256to128-k1x16s8-1x512-b4", 4, 256, 128, 1, 512, (1, 16), (1, 8), (0, 4)),
     # The article's example: tiny, all overhead.
     Layer("article-1to1-k3s2-4x4", 1, 1, 1, 4, 4, 3, 2, 1),
 ]
@@ -95,6 +106,7 @@ def flops(layer, mode="forward"):
     fold is additions only."""
     if isinstance(layer, str):
         layer = LAYERS[layer]
+    k_h, k_w = _pair(layer.kernel_size)
     forward = (2 * layer.batch * layer.in_channels * (layer.out_channels // layer.groups)
-               * layer.kernel_size ** 2 * layer.height * layer.width)
+               * k_h * k_w * layer.height * layer.width)
     return forward * (3 if mode == "forward+backward" else 1)
