@@ -1,6 +1,8 @@
 """``python -m bench [pytest options]``: the project's benchmark (``make bench``).
 
-1. Runs bench/test_layers.py under pytest-benchmark, passing every argument through
+1. Runs bench/test_layers.py under pytest-benchmark (every layer, then two whole
+   models: a DCGAN generator's training step and a U-Net decoder's inference pass),
+   passing every argument through
    (e.g. ``--benchmark-max-time=0.05 --benchmark-min-rounds=1`` for a smoke run,
    ``-k dcgan``, ``--family gemm``); defaults are in bench/pytest.ini.
 2. Times ``fastconvt.warmup()`` in fresh processes, without Numba's on-disk cache

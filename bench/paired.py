@@ -66,6 +66,13 @@ def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0, s
         x = torch.randn(spec.input_shape, dtype=dt, requires_grad=mode != "forward")
         grad = torch.randn(spec.output_shape, dtype=dt)
         steps[name] = _step(module, x, grad, mode)
+    return interleave(steps["torch"], steps["fastconvt"], pairs, seed, seconds)
+
+
+def interleave(torch_step, fastconvt_step, pairs=300, seed=0, seconds=None):
+    """Two steps timed as interleaved pairs (which goes first alternates), after two
+    calls of each; ``seconds`` as in :func:`paired`. Returns a :class:`Paired`."""
+    steps = {"torch": torch_step, "fastconvt": fastconvt_step}
     start = time.perf_counter()
     for step in steps.values():
         step()

@@ -34,6 +34,7 @@ def load(path):
 def summarize(results):
     """Rows per (dtype, mode), peaks, geometric means and the cases below 1.0x."""
     median, family, busy, peak, pairs, peak_shape = {}, {}, {}, {}, {}, None
+    models = {}  # (model, dtype) -> interleaved pairs
     for bench in results["benchmarks"]:
         info, seconds = bench["extra_info"], bench["stats"]["median"]
         others = info.get("others_cpu") or 0.0
@@ -41,6 +42,10 @@ def summarize(results):
             busy["matmul"] = max(busy.get("matmul", 0.0), others)
             peak[info["dtype"]] = info["flops"] / bench["stats"]["min"] / 1e9  # best round
             peak_shape = "{0}x{1} @ {1}x{2}".format(*info["shape"])
+            continue
+        if info.get("impl") == "model":
+            if info.get("paired"):
+                models[info["model"], info["dtype"]] = info["paired"]
             continue
         key = (info["layer"], info["mode"], info["dtype"])
         median[key + (info["impl"],)] = seconds
@@ -79,7 +84,7 @@ def summarize(results):
             tables[dtype, mode] = rows
         if ratios:
             geomeans[dtype, mode] = math.exp(sum(map(math.log, ratios)) / len(ratios))
-    return dict(tables=tables, peak=peak, peak_shape=peak_shape, geomeans=geomeans,
+    return dict(tables=tables, peak=peak, peak_shape=peak_shape, geomeans=geomeans, models=models,
                 slower=slower, busy_peak=busy.get("matmul", 0.0) > BUSY, paired=bool(pairs))
 
 
@@ -143,6 +148,10 @@ def _preamble(results, summary):
 def _epilogue(results, summary):
     lines = [f"geometric mean speed-up, {dtype} {mode}: {value:.2f}x"
              for (dtype, mode), value in summary["geomeans"].items()]
+    lines += [f"{model}, {dtype}: torch {pairs['torch'] * 1e3:.1f} ms, fastconvt "
+              f"{pairs['fastconvt'] * 1e3:.1f} ms, speed-up {pairs['ratio']:.2f}x "
+              f"(95% {pairs['low']:.2f}-{pairs['high']:.2f}, {pairs['pairs']} pairs)"
+              for (model, dtype), pairs in summary.get("models", {}).items()]
     by_layer = {}
     order = list(LAYERS)
     for name, dtype, mode, speedup in sorted(summary["slower"], key=lambda s: order.index(s[0])):

@@ -16,6 +16,7 @@ method; ``extra_info["paired"]``): the report's speed-ups come from those pairs,
 see the same load on a shared machine, where two separate blocks do not.
 """
 import contextlib
+import copy
 import io
 import math
 import os
@@ -293,3 +294,85 @@ def test_onnxruntime(benchmark, pytestconfig, notes, layer):
         _time(benchmark, pytestconfig, lambda: session.run(None, feed))
     finally:
         del session  # stop its thread pool before the next test
+
+
+def _dcgan_generator(dtype):
+    """DCGAN's generator (nz=100, ngf=64): the five layers above with BatchNorm and ReLU."""
+    nn = torch.nn
+    layers = []
+    for spec in [LAYERS[name] for name in LAYERS if name.startswith("dcgan")]:
+        layers.append(nn.ConvTranspose2d(**dict(spec.conv_args(), bias=False), dtype=dtype))
+        layers += [nn.BatchNorm2d(spec.out_channels, dtype=dtype), nn.ReLU()]
+    return nn.Sequential(*layers[:-2], nn.Tanh())
+
+
+class _UNetDecoder(torch.nn.Module):
+    """A U-Net decoder (1024 channels at 14x14 up to 128 at 112x112): three
+    up-convolutions, each followed by a concatenated skip connection and two 3x3
+    convolutions."""
+
+    def __init__(self, dtype):
+        super().__init__()
+        nn, widths = torch.nn, [1024, 512, 256, 128]
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(c, c // 2, 2, stride=2, dtype=dtype)
+                                 for c in widths[:-1])
+        self.convs = nn.ModuleList(nn.Sequential(
+            nn.Conv2d(c, c // 2, 3, padding=1, dtype=dtype), nn.ReLU(),
+            nn.Conv2d(c // 2, c // 2, 3, padding=1, dtype=dtype), nn.ReLU())
+            for c in widths[:-1])
+
+    def forward(self, x, skips):
+        for up, conv, skip in zip(self.ups, self.convs, skips):
+            x = conv(torch.cat([up(x), skip], 1))
+        return x
+
+
+def _model_steps(model, dtype):
+    """(torch's step, fastconvt's step, description) for one of MODELS."""
+    torch.manual_seed(0)
+    if model == "dcgan-generator-training-step-b64":
+        module = _dcgan_generator(dtype)
+        z = torch.randn(64, 100, 1, 1, dtype=dtype)
+        target = torch.randn(64, 3, 64, 64, dtype=dtype)
+
+        def make(m):
+            optimizer = torch.optim.Adam(m.parameters(), 2e-4)
+
+            def step():  # forward, backward, Adam: a generator update
+                optimizer.zero_grad()
+                ((m(z) - target) ** 2).mean().backward()
+                optimizer.step()
+            return step
+    else:  # "unet-decoder-inference-b1"
+        module = _UNetDecoder(dtype)
+        x = torch.randn(1, 1024, 14, 14, dtype=dtype)
+        skips = [torch.randn(1, c // 2, 28 * 2 ** i, 28 * 2 ** i, dtype=dtype)
+                 for i, c in enumerate([1024, 512, 256])]
+
+        def make(m):
+            def step():
+                with torch.no_grad():
+                    m(x, skips)
+            return step
+    converted = fastconvt.convert(copy.deepcopy(module))
+    return make(module), make(converted)
+
+
+MODELS = ["dcgan-generator-training-step-b64", "unet-decoder-inference-b1"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("model", MODELS)
+def test_model(benchmark, pytestconfig, model, dtype):
+    """A whole model, torch's layers against the same model converted: interleaved pairs
+    for about --paired-seconds x 2 (pytest-benchmark times the converted model)."""
+    torch_step, ours = _model_steps(model, DTYPES[dtype])
+    benchmark.extra_info.update(impl="model", model=model, dtype=dtype,
+                                threads=torch.get_num_threads())
+    for step in (torch_step, ours, torch_step, ours):  # measures plans, compiles, warms
+        step()
+    from paired import interleave  # it imports this module
+    result = interleave(torch_step, ours, seconds=2 * pytestconfig.getoption("paired_seconds"))
+    benchmark.extra_info["paired"] = result._asdict()
+    benchmark.pedantic(ours, rounds=max(1, pytestconfig.getoption("benchmark_min_rounds")),
+                       iterations=1)
