@@ -99,13 +99,19 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     return list(dict.fromkeys(plans))  # the rule's plan once, first
 
 
-def valid(plan):
-    """Whether ``plan`` (from a file) is one this version can run."""
-    return (isinstance(plan, (list, tuple)) and len(plan) == 3
-            and all(isinstance(p, str) for p in plan)
-            and plan[0] in FAMILIES + ("separate",) and plan[1] in FORMS
-            and plan[2] in PRODUCTS and (plan[2] != "onednn" or onednn_available())
-            and (plan[1] != "winograd" or WINOGRAD))
+def valid(plan, map_name=None):
+    """Whether ``plan`` (from a file) is one this version can run, for ``map_name``
+    where given (only the backward runs its two maps separately, and it is never
+    direct as a whole)."""
+    if not (isinstance(plan, (list, tuple)) and len(plan) == 3
+            and all(isinstance(p, str) for p in plan)) or map_name not in MAPS + (None,):
+        return False
+    family, form, product = plan
+    families = {None: FAMILIES + ("separate",), "backward": ("gemm", "separate")}.get(
+        map_name, FAMILIES)
+    return (family in families and form in FORMS and product in PRODUCTS
+            and (product != "onednn" or onednn_available())
+            and (form != "winograd" or WINOGRAD))
 
 
 _onednn = None
@@ -124,6 +130,15 @@ def onednn_available():
         except Exception:  # noqa: BLE001 (any failure means: not available)
             _onednn = False
     return _onednn
+
+
+def _map_of(key):
+    """The map a plan file's key names, or "" if it names none."""
+    try:
+        name = json.loads(key)[0]
+    except (ValueError, TypeError, IndexError, KeyError):
+        return ""
+    return name if name in MAPS else ""
 
 
 def measure(run, plans, warm=None, rounds=3, prune=2.0):
@@ -206,7 +221,7 @@ class PlanStore:
             log.warning("fastconvt: ignoring plan file %s: another format or machine", path)
             return {}
         plans = {k: tuple(v) for k, v in data["plans"].items()
-                 if isinstance(k, str) and valid(v)}
+                 if isinstance(k, str) and valid(v, _map_of(k))}
         if len(plans) != len(data["plans"]):
             log.warning("fastconvt: ignoring %d invalid entries of plan file %s",
                         len(data["plans"]) - len(plans), path)

@@ -113,11 +113,14 @@ def test_invalid_entries_are_dropped(measuring, caplog):
     path = _dispatch._store.path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"format": _plans.FORMAT, "machine": _plans.machine(),
-                                "plans": {key: ["winograd", "", ""]}}))
+                                "plans": {key: ["winograd", "", ""],
+                                          key.replace("conv_transpose2d", "conv2d"):
+                                          ["separate", "", ""],
+                                          "not a key": ["gemm", "", "mm"]}}))
     with caplog.at_level(logging.WARNING, logger="fastconvt"):
         out = fastconvt.conv_transpose2d(x.detach(), w.detach(), **kw)
     assert_close(out, reference(x, w, **kw))
-    assert "invalid entries" in caplog.text
+    assert "ignoring 3 invalid entries" in caplog.text
     assert _plans.valid(json.loads(path.read_text())["plans"][key])
 
 
