@@ -178,18 +178,38 @@ def _call(plan, map_name, operands, geometry, size, out):
     compute = getattr(kernels.FAMILIES[family], map_name)
     if family == "direct":
         return compute(*operands, *geometry, size, out=out)
-    kernel_hw = size if map_name == "weight_correlation" else operands[1].shape[2:]
+    kernel_hw = tuple(size if map_name == "weight_correlation" else operands[1].shape[2:])
+    gemm = _PRODUCTS[product]
     if form == "winograd" and map_name != "weight_correlation" and kernels.winograd.applies(
             kernel_hw, geometry[0], geometry[2], geometry[3]):
-        compute = getattr(kernels.winograd, map_name)
-        return compute(*operands, *geometry, size, out=out, gemm=_PRODUCTS[product])
-    return compute(*operands, *geometry, size, out=out, gemm=_PRODUCTS[product],
+        return getattr(kernels.winograd, map_name)(*operands, *geometry, size, out=out,
+                                                   gemm=gemm)
+    padded = _plans.subpixel_kernel(kernel_hw, geometry[0], geometry[2])
+    if form == "subpixel" and padded not in (None, kernel_hw):
+        if map_name == "weight_correlation":  # the padded taps' correlations are dropped
+            full = np.empty(out.shape[:2] + padded, out.dtype)
+            compute(*operands, *geometry, padded, out=full, gemm=gemm, subpixel=True)
+            out[...] = full[:, :, :kernel_hw[0], :kernel_hw[1]]
+            return out
+        if np.isfinite(operands[0]).all():
+            return compute(operands[0], _pad_kernel(operands[1], padded), *operands[2:],
+                           *geometry, size, out=out, gemm=gemm, subpixel=True)
+    return compute(*operands, *geometry, size, out=out, gemm=gemm,
                    subpixel=_subpixel(form, kernel_hw, geometry))
+
+
+def _pad_kernel(w, padded_hw):
+    """``w`` with zero taps appended up to ``padded_hw``: the same layer, whose kernel
+    is a multiple of the stride (the sub-pixel form). A non-finite input would meet
+    the zeros (0 * Inf = NaN where torch keeps Inf): callers check first."""
+    padded = np.zeros(w.shape[:2] + tuple(padded_hw), w.dtype)
+    padded[:, :, :w.shape[2], :w.shape[3]] = w
+    return padded
 
 
 def _subpixel(form, kernel_hw, geometry):
     """The GEMM family's ``subpixel`` argument for ``form``; a sub-pixel form forced
-    where it does not apply leaves the choice to the family."""
+    where it does not apply (unpadded) leaves the choice to the family."""
     if form == "subpixel" and not kernels.gemm.subpixel_applies(kernel_hw, geometry[0],
                                                                 geometry[2]):
         return None
@@ -226,22 +246,28 @@ def _first_image(map_name, operands, out):
 
 
 def _subpixel_fits(map_name, operands, geometry, size):
-    """Whether the GEMM family's sub-pixel form of this map keeps the workspace bound."""
+    """Whether the GEMM family's sub-pixel form of this map (its kernel padded where
+    :func:`_plans.subpixel_kernel` pads it) keeps the workspace bound."""
     stride, padding, _, groups = geometry
     if map_name == "conv_transpose2d":
         x, w = operands[:2]
-        return kernels.gemm.subpixel_fits(x.shape, w.shape, stride, padding, groups, size,
-                                          x.itemsize)[0]
-    if map_name == "conv2d":
+        x_shape, w_shape, out_hw = x.shape, w.shape, size
+    elif map_name == "conv2d":
         y, w = operands
-        x_shape, out_hw = (y.shape[0], w.shape[0]) + tuple(size), y.shape[2:]
-        w_shape = w.shape
+        x_shape, w_shape, out_hw = (y.shape[0], w.shape[0]) + tuple(size), w.shape, y.shape[2:]
     else:
         x, y = operands
         x_shape, out_hw = x.shape, y.shape[2:]
         w_shape = (x.shape[1], y.shape[1] // groups) + tuple(size)
-    return kernels.gemm.subpixel_fits(x_shape, w_shape, stride, padding, groups, out_hw,
-                                      operands[0].itemsize)[1]
+    fits = kernels.gemm.subpixel_fits(x_shape, _subpixel_shape(w_shape, geometry), stride,
+                                      padding, groups, out_hw, operands[0].itemsize)
+    return fits[map_name != "conv_transpose2d"]
+
+
+def _subpixel_shape(w_shape, geometry):
+    """The weight shape the sub-pixel form computes with (kernel padded to the stride)."""
+    padded = _plans.subpixel_kernel(w_shape[2:], geometry[0], geometry[2])
+    return tuple(w_shape[:2]) + (padded or tuple(w_shape[2:]))
 
 
 def run_periodic(x, w, b, geometry, out_hw, out):
@@ -274,6 +300,15 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
             run("conv2d", (gy, w), geometry, x.shape[2:], gx)
             run("weight_correlation", (x, gy), geometry, w.shape[2:], gw)
         else:
+            padded = _plans.subpixel_kernel(w.shape[2:], geometry[0], geometry[2])
+            if plan[1] == "subpixel" and padded not in (None, w.shape[2:]) \
+                    and np.isfinite(gy_).all():
+                gw_full = np.empty(w.shape[:2] + padded, w.dtype)
+                kernels.gemm.conv_transpose2d_backward(
+                    x_, _pad_kernel(w, padded), gy_, *geometry, gx_out=gx_, gw_out=gw_full,
+                    gemm=_PRODUCTS[plan[2]], subpixel=True, periodic=periodic)
+                gw[...] = gw_full[:, :, :w.shape[2], :w.shape[3]]
+                return
             kernels.gemm.conv_transpose2d_backward(
                 x_, w, gy_, *geometry, gx_out=gx_, gw_out=gw, gemm=_PRODUCTS[plan[2]],
                 subpixel=_subpixel(plan[1], w.shape[2:], geometry), periodic=periodic)
@@ -281,8 +316,9 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
     def tune():
         plans = _plans.candidates("backward", x.dtype, key[2], geometry, gy.shape[2:],
                                   _rule(key, x.shape))
-        fits = kernels.gemm.subpixel_fits(x.shape, w.shape, geometry[0], geometry[1],
-                                          geometry[3], gy.shape[2:], x.itemsize)[1]
+        fits = kernels.gemm.subpixel_fits(x.shape, _subpixel_shape(w.shape, geometry),
+                                          geometry[0], geometry[1], geometry[3],
+                                          gy.shape[2:], x.itemsize)[1]
         return _plans.measure(call, [p for p in plans if p[1] != "subpixel" or fits],
                               lambda p: call(p, 1))[0]
 

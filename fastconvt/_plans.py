@@ -50,7 +50,7 @@ MAPS = ("conv_transpose2d", "conv2d", "weight_correlation", "backward")
 WINOGRAD = os.environ.get("FASTCONVT_WINOGRAD", "1") not in ("0", "")
 # the plan file's format, raised whenever the candidates change (a plan measured
 # without a newer candidate is measured again)
-FORMAT = 2
+FORMAT = 3
 # configurations remembered per process, and per plan file
 MAX_PLANS = 4096
 
@@ -83,7 +83,7 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
         w_shape = operand_shapes[1]
     products = ["mm"] + (["onednn"] if onednn_available() and dtype == np.float32 else [])
     forms = ["columns"]
-    if kernels.gemm.subpixel_applies(w_shape[2:], stride, dilation):
+    if subpixel_kernel(w_shape[2:], stride, dilation) is not None:
         forms.append("subpixel")
     if (WINOGRAD and map_name in ("conv_transpose2d", "conv2d") and np.dtype(dtype).kind == "f"
             and kernels.winograd.applies(w_shape[2:], stride, dilation, groups)):
@@ -97,6 +97,16 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     if map_name == "backward":
         plans.append(("separate", "", ""))
     return list(dict.fromkeys(plans))  # the rule's plan once, first
+
+
+def subpixel_kernel(kernel_hw, stride, dilation):
+    """The kernel size the sub-pixel form computes with, or None where it does not
+    apply: each size rounded up to a multiple of its stride (zero taps; the GEMM
+    family's own sub-pixel form where it already is one), for dilation 1 and a
+    kernel at least as large as the stride (smaller ones would multiply mostly zeros)."""
+    if tuple(dilation) != (1, 1) or any(k < s for k, s in zip(kernel_hw, stride)):
+        return None
+    return tuple(-(-k // s) * s for k, s in zip(kernel_hw, stride))
 
 
 def valid(plan, map_name=None):

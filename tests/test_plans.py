@@ -198,3 +198,27 @@ def test_select_plan_reports_the_measured_plans(measuring):
     assert after["forward"] == [p for k, p in _dispatch._choices.items()
                                 if k[0] == "conv_transpose2d"][0]
     assert fastconvt.select_plan(x.long(), w.long(), **kw) == {}
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan")])
+@pytest.mark.parametrize("where", ["input", "grad_output"])
+def test_padded_subpixel_keeps_torchs_non_finite_pattern(value, where):
+    """A kernel that is not a multiple of its stride (3 at stride 2) runs the sub-pixel
+    form with zero taps appended; an Inf meeting them would give NaN where torch keeps
+    Inf, so such inputs take the family's other form."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 5, 5, generator=g, dtype=torch.float64)
+    w = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64)
+    gy = torch.randn(2, 3, 10, 10, generator=g, dtype=torch.float64)
+    (x if where == "input" else gy)[0, 1, 2, 3] = value
+    leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    with fastconvt.use_family("gemm", "subpixel"):
+        out = fastconvt.conv_transpose2d(*leaves, stride=2, padding=1, output_padding=1)
+        got = [out, *torch.autograd.grad(out, leaves, gy)]
+    ref_leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+    ref = reference(*ref_leaves, stride=2, padding=1, output_padding=1)
+    want = [ref, *torch.autograd.grad(ref, ref_leaves, gy)]
+    for a, b in zip(got, want):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+        finite = a.isfinite()
+        assert_close(torch.where(finite, a, 0), torch.where(finite, b, 0))
