@@ -50,7 +50,7 @@ MAPS = ("conv_transpose2d", "conv2d", "weight_correlation", "backward")
 WINOGRAD = os.environ.get("FASTCONVT_WINOGRAD", "1") not in ("0", "")
 # the plan file's format, raised whenever the candidates change (a plan measured
 # without a newer candidate is measured again)
-FORMAT = 3
+FORMAT = 4
 # configurations remembered per process, and per plan file
 MAX_PLANS = 4096
 
@@ -154,16 +154,17 @@ def _map_of(key):
 def measure(run, plans, warm=None, rounds=3, prune=2.0):
     """The fastest of ``plans`` by ``run(plan)`` (which computes the map): each
     first warmed by ``warm(plan)`` (the map on one image: compiles kernels and
-    loads them, cheaply), then timed over ``rounds`` interleaved rounds; a plan
-    over ``prune`` times the best after a round is dropped. Returns (best plan,
-    {plan: seconds})."""
+    loads them, cheaply), then timed over ``rounds`` interleaved rounds; from the
+    third round on, a plan over ``prune`` times the best is dropped (not earlier: a
+    first full-size run may still compile or load the parallel kernels, which one
+    image does not use). Returns (best plan, {plan: seconds})."""
     for plan in plans:
         (warm or run)(plan)
     best = {}
     for r in range(rounds):
         leader = min(best.values(), default=math.inf)
         for plan in plans:
-            if r > 0 and best[plan] > prune * leader:
+            if r > 1 and best[plan] > prune * leader:
                 continue
             start = time.perf_counter()
             run(plan)
