@@ -3,9 +3,10 @@
 A plan is plain data, ``(family, form, product)``:
 
 * ``family``: ``"direct"`` or ``"gemm"`` (``kernels.FAMILIES``);
-* ``form`` (GEMM only): ``"columns"``, ``"subpixel"`` or ``"winograd"`` (F(2x2, 3x3)
-  for 3x3 stride-1 layers: ``kernels.winograd``), or ``""`` for the GEMM family's own
-  choice;
+* ``form`` (GEMM only): ``"columns"``, ``"subpixel"`` (with zero taps appended where
+  the kernel is not a multiple of the stride: :func:`subpixel_kernel`) or
+  ``"winograd"`` (F(2x2, 3x3) for 3x3 stride-1 layers: ``kernels.winograd``), or
+  ``""`` for the GEMM family's own choice;
 * ``product`` (GEMM only): who multiplies the matrices, ``"mm"`` (``torch.mm``:
   MKL or OpenBLAS, whichever torch was built with) or ``"onednn"`` (oneDNN's
   matmul, float32 only, where torch has it); ``""`` for direct.
