@@ -75,9 +75,10 @@ def set_autotune(enabled):
 @contextmanager
 def use_family(name, form=None, product=None):
     """Force kernel family ``name`` (``"direct"`` or ``"gemm"``) inside the block;
-    for ``"gemm"`` also its ``form`` (``"columns"``; ``"subpixel"``, where the kernel
-    sizes are multiples of the strides; ``"winograd"``, for the forward and input
-    gradient of a 3x3 stride-1 layer; elsewhere, and by default, the family's choice) and
+    for ``"gemm"`` also its ``form`` (``"columns"``; ``"subpixel"``, for dilation 1 and
+    kernels at least the stride, padded with zero taps where they are not a multiple of
+    it; ``"winograd"``, for the forward and input gradient of a 3x3 stride-1 layer;
+    elsewhere, and by default, the family's choice) and
     ``product`` (``"mm"``, the default, or ``"onednn"``, float32 where available)."""
     if name not in FAMILIES:
         raise ValueError(f"unknown kernel family {name!r}; expected one of {FAMILIES}")

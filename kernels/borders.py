@@ -109,13 +109,6 @@ def _bias(name, bias, channels, dtype):
     return bias
 
 
-def source_indices(n, p, mode):
-    """``(n + 2p,)`` int64: the source index of each padded index of an axis of length ``n``."""
-    _mode(mode, (p,), (n,))
-    return np.array([_source.py_func(a, n, p, MODES[mode]) for a in range(n + 2 * p)],
-                    np.int64)
-
-
 def fold_borders(z, bias, padding, mode, out=None, parallel=None):
     """``(N, C, H + 2 ph, W + 2 pw) -> (N, C, H, W)``: the adjoint of ``pad_borders``
     (each padded element added onto its source), plus ``bias`` ``(C,)`` or None."""
