@@ -14,16 +14,32 @@ from . import _dispatch, kernels
 # geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
 
 
-def _np(t):
-    """A NumPy view of ``t``'s values, NCHW-contiguous (conjugate and negative views
-    resolved)."""
+def _np(t, channels_last=False):
+    """A NumPy view of ``t``'s values (conjugate and negative views resolved),
+    NCHW-contiguous, or with ``channels_last`` also a channels-last tensor's own
+    memory (the dispatcher picks the layout it computes in)."""
     if t is None:
         return None
     if t.requires_grad:
         t = t.detach()
     if t.is_complex():
         t = t.resolve_conj().resolve_neg()
+    if channels_last and _is_channels_last(t):
+        return t.numpy()
     return t.contiguous().numpy()
+
+
+def _is_channels_last(t):
+    """Whether ``t`` is a 4-D channels-last tensor and not also NCHW-contiguous."""
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)
+
+
+def _empty_like_layout(shape, like):
+    """An empty tensor of ``shape`` and ``like``'s dtype, channels-last where ``like``
+    is (the layout its map computes in)."""
+    fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
+    return torch.empty(shape, dtype=like.dtype, memory_format=fmt)
 
 
 def _conj(t):
@@ -49,9 +65,12 @@ def _on_torch_threads(call, *args):
 
 def _compute(map_name, shape, operands, geometry, size):
     """One map on tensors: a torch-allocated output (so allocation errors and
-    empty-tensor strides are torch's), NumPy views in, the dispatcher's family."""
-    out = torch.empty(shape, dtype=operands[0].dtype)
-    _on_torch_threads(_dispatch.run, map_name, tuple(map(_np, operands)), geometry,
+    empty-tensor strides are torch's; channels-last for a channels-last first operand),
+    NumPy views in, the dispatcher's plan."""
+    out = _empty_like_layout(shape, operands[0]) if len(shape) == 4 else torch.empty(
+        shape, dtype=operands[0].dtype)
+    _on_torch_threads(_dispatch.run, map_name,
+                      tuple(_np(t, channels_last=True) for t in operands), geometry,
                       tuple(size), out.numpy())
     return out
 
@@ -59,9 +78,10 @@ def _compute(map_name, shape, operands, geometry, size):
 def _both_gradients(x, w, gy, geometry, periodic=False):
     """(grad_input, grad_weight) from one pass over ``gy`` (read as its periodic
     extension if ``periodic``) where the dispatcher allows it, else (None, None)."""
-    gx, gw = torch.empty(x.shape, dtype=x.dtype), torch.empty(w.shape, dtype=w.dtype)
-    fused = _on_torch_threads(_dispatch.run_backward, _np(x), _np(w), _np(gy), geometry,
-                              gx.numpy(), gw.numpy(), periodic)
+    gx, gw = _empty_like_layout(x.shape, x), _empty_like_layout(w.shape, w)
+    fused = _on_torch_threads(_dispatch.run_backward, *(_np(t, channels_last=True)
+                                                        for t in (x, w, gy)),
+                              geometry, gx.numpy(), gw.numpy(), periodic)
     return (gx, gw) if fused else (None, None)
 
 

@@ -19,7 +19,7 @@ from . import _plans, kernels
 
 FAMILIES = _plans.FAMILIES
 # the GEMM family's ``subpixel`` argument per form (Winograd has kernels of its own)
-_FORMS = {"": None, "columns": False, "subpixel": True, "winograd": None}
+_FORMS = {"": None, "columns": False, "subpixel": True, "winograd": None, "nhwc": None}
 _forced = contextvars.ContextVar("fastconvt_forced_plan", default=None)
 _autotune = os.environ.get("FASTCONVT_AUTOTUNE", "1") not in ("0", "")
 _choices = OrderedDict()  # key -> plan, most recently used last
@@ -78,6 +78,7 @@ def use_family(name, form=None, product=None):
     for ``"gemm"`` also its ``form`` (``"columns"``; ``"subpixel"``, for dilation 1 and
     kernels at least the stride, padded with zero taps where they are not a multiple of
     it; ``"winograd"``, for the forward and input gradient of a 3x3 stride-1 layer;
+    ``"nhwc"``, the channels-last column form, for float32 and float64;
     elsewhere, and by default, the family's choice) and
     ``product`` (``"mm"``, the default, or ``"onednn"``, float32 where available)."""
     if name not in FAMILIES:
@@ -96,10 +97,58 @@ def use_family(name, form=None, product=None):
         _forced.reset(token)
 
 
-def _key(map_name, operand_shapes, dtype, geometry, size, periodic=False):
-    # the bias (a third operand) does not change the choice
+def _key(map_name, operand_shapes, dtype, geometry, size, periodic=False, layout=""):
+    # the bias (a third operand) does not change the choice; the first operand's
+    # layout does (a form in the other layout pays for two copies)
     return (map_name, _DTYPE_NAMES[np.dtype(dtype).char], tuple(operand_shapes[:2]), geometry,
-            tuple(size), torch.get_num_threads(), periodic)
+            tuple(size), torch.get_num_threads(), periodic, layout)
+
+
+def channels_last(a):
+    """Whether the NCHW-shaped array ``a`` is a channels-last (NHWC) one's view."""
+    return a.ndim == 4 and not a.flags.c_contiguous and a.transpose(0, 2, 3, 1).flags.c_contiguous
+
+
+def _layout(a):
+    return "channels_last" if channels_last(a) else ""
+
+
+def _nchw(a):
+    """``a`` as a C-contiguous NCHW array (a copy on torch's threads if it is not one)."""
+    if a is None or a.flags.c_contiguous:
+        return a
+    return torch.from_numpy(a).contiguous().numpy()
+
+
+def _nhwc(a):
+    """The NHWC array of the NCHW-shaped ``a`` (a view where ``a`` is channels-last)."""
+    if a is None or a.ndim != 4:
+        return a
+    return _nchw(a.transpose(0, 2, 3, 1))
+
+
+def _into(out, compute, nhwc=False):
+    """``compute(o)`` with ``o`` ``out`` itself (in NHWC order if ``nhwc``) where it is
+    C-contiguous, else a buffer copied into ``out`` afterwards."""
+    view = out.transpose(0, 2, 3, 1) if nhwc else out
+    if view.flags.c_contiguous:
+        compute(view)
+    else:
+        buffer = np.empty(view.shape, view.dtype)
+        compute(buffer)
+        torch.from_numpy(view).copy_(torch.from_numpy(buffer))
+    return out
+
+
+def _nhwc_applies(map_name, operands, geometry, size):
+    """Whether the channels-last column form computes this map: real floats, and one
+    image's columns within the workspace bound."""
+    first = operands[0]
+    if first.dtype.kind != "f":
+        return False
+    in_hw = size if map_name == "conv2d" else first.shape[2:]
+    w_shape = _w_shape(map_name, operands, geometry, size)
+    return kernels.nhwc.fits(in_hw, w_shape[2:], w_shape[1], first.itemsize)
 
 
 def _rule(key, out_shape):
@@ -157,24 +206,46 @@ def family(map_name, operand_shapes, dtype, geometry, size, out_shape):
     return _planned(key, out_shape, final=False)[0]
 
 
-def plans_of(x_shape, w_shape, dtype, geometry, out_hw):
+def plans_of(x_shape, w_shape, dtype, geometry, out_hw, layout=""):
     """The plans of a layer's forward and backward (and, where the backward runs
-    the two maps separately, of each), as they stand: measured, remembered or ruled."""
+    the two maps separately, of each), as they stand: measured, remembered or ruled.
+    ``layout``: "channels_last" for a channels-last input (and output gradient)."""
     out_shape = (x_shape[0], w_shape[1] * geometry[3]) + tuple(out_hw)
     plans = {"forward": _planned(_key("conv_transpose2d", (x_shape, w_shape), dtype, geometry,
-                                      out_hw), out_shape, final=False),
+                                      out_hw, layout=layout), out_shape, final=False),
              "backward": _planned(_key("backward", (x_shape, w_shape), dtype, geometry,
-                                       out_hw), x_shape, final=False)}
+                                       out_hw, layout=layout), x_shape, final=False)}
     if plans["backward"][0] == "separate":
         plans["input gradient"] = _planned(_key("conv2d", (out_shape, w_shape), dtype, geometry,
-                                                x_shape[2:]), x_shape, final=False)
+                                                x_shape[2:], layout=layout), x_shape,
+                                           final=False)
         plans["weight gradient"] = _planned(
-            _key("weight_correlation", (x_shape, out_shape), dtype, geometry, w_shape[2:]),
-            w_shape, final=False)
+            _key("weight_correlation", (x_shape, out_shape), dtype, geometry, w_shape[2:],
+                 layout=layout), w_shape, final=False)
     return plans
 
 
+def _w_shape(map_name, operands, geometry, size):
+    if map_name == "weight_correlation":
+        x, y = operands
+        return (x.shape[1], y.shape[1] // geometry[3]) + tuple(size)
+    return operands[1].shape
+
+
 def _call(plan, map_name, operands, geometry, size, out):
+    """Compute the map with ``plan``: NumPy operands in NCHW shape and either layout;
+    every form but ``"nhwc"`` computes on NCHW-contiguous copies."""
+    family, form, product = plan
+    if form == "nhwc" and _nhwc_applies(map_name, operands, geometry, size):
+        compute = getattr(kernels.nhwc, map_name)
+        operands = tuple(map(_nhwc, operands))
+        return _into(out, lambda o: compute(*operands, *geometry, size, out=o,
+                                            gemm=_PRODUCTS[product]), nhwc=True)
+    operands = tuple(map(_nchw, operands))
+    return _into(out, lambda o: _call_nchw(plan, map_name, operands, geometry, size, o))
+
+
+def _call_nchw(plan, map_name, operands, geometry, size, out):
     family, form, product = plan
     compute = getattr(kernels.FAMILIES[family], map_name)
     if family == "direct":
@@ -222,13 +293,14 @@ def run(map_name, operands, geometry, size, out):
     configuration's plan (NumPy arrays; ``geometry`` is (stride, padding, dilation,
     groups)). Returns the plan."""
     key = _key(map_name, [None if a is None else a.shape for a in operands], out.dtype,
-               geometry, size)
+               geometry, size, layout=_layout(operands[0]))
 
     def tune():
         plans = _plans.candidates(map_name, out.dtype, key[2], geometry, size,
                                   _rule(key, out.shape))
-        plans = [p for p in plans if p[1] != "subpixel" or _subpixel_fits(map_name, operands,
-                                                                           geometry, size)]
+        plans = [p for p in plans
+                 if (p[1] != "subpixel" or _subpixel_fits(map_name, operands, geometry, size))
+                 and (p[1] != "nhwc" or _nhwc_applies(map_name, operands, geometry, size))]
         one = _first_image(map_name, operands, out)
         return _plans.measure(lambda p: _call(p, map_name, operands, geometry, size, out),
                               plans, lambda p: _call(p, map_name, one[0], geometry, size,
@@ -279,7 +351,7 @@ def run_periodic(x, w, b, geometry, out_hw, out):
     # the GEMM family's sub-pixel form with the rule's product; not measured
     key = _key("conv_transpose2d", (x.shape, w.shape), x.dtype, geometry, out_hw, True)
     plan = _planned(key, out.shape)
-    if plan[0] != "gemm" or plan[1] == "columns" or not kernels.gemm.uses_subpixel(
+    if plan[0] != "gemm" or plan[1] in ("columns", "nhwc") or not kernels.gemm.uses_subpixel(
             x.shape, w.shape, *geometry, out_hw, x.itemsize):
         return False
     kernels.gemm.conv_transpose2d(x, w, b, *geometry, out_hw, out=out,
@@ -292,7 +364,9 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
     ``gw``) in one pass over ``gy`` (read as its periodic extension if ``periodic``)
     where the plan fuses them. Returns False, computing nothing, where the two maps
     run separately."""
-    key = _key("backward", (x.shape, w.shape), x.dtype, geometry, gy.shape[2:], periodic)
+    key = _key("backward", (x.shape, w.shape), x.dtype, geometry, gy.shape[2:], periodic,
+               _layout(x))
+    nhwc = not periodic and _nhwc_applies("conv_transpose2d", (x, w), geometry, None)
 
     def call(plan, images=None):  # ``images``: on the first ones only (a warm-up)
         x_, gy_, gx_ = x[:images], gy[:images], gx[:images]
@@ -300,19 +374,14 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
             # the maps' own plans, measured on the whole batch even in a warm-up
             run("conv2d", (gy, w), geometry, x.shape[2:], gx)
             run("weight_correlation", (x, gy), geometry, w.shape[2:], gw)
+        elif plan[1] == "nhwc" and nhwc:
+            operands, product = tuple(map(_nhwc, (x_, w, gy_))), _PRODUCTS[plan[2]]
+            _into(gx_, lambda gx_o: _into(gw, lambda gw_o: kernels.nhwc.conv_transpose2d_backward(
+                *operands, *geometry, gx_out=gx_o, gw_out=gw_o, gemm=product), True), True)
         else:
-            padded = _plans.subpixel_kernel(w.shape[2:], geometry[0], geometry[2])
-            if plan[1] == "subpixel" and padded not in (None, w.shape[2:]) \
-                    and np.isfinite(gy_).all():
-                gw_full = np.empty(w.shape[:2] + padded, w.dtype)
-                kernels.gemm.conv_transpose2d_backward(
-                    x_, _pad_kernel(w, padded), gy_, *geometry, gx_out=gx_, gw_out=gw_full,
-                    gemm=_PRODUCTS[plan[2]], subpixel=True, periodic=periodic)
-                gw[...] = gw_full[:, :, :w.shape[2], :w.shape[3]]
-                return
-            kernels.gemm.conv_transpose2d_backward(
-                x_, w, gy_, *geometry, gx_out=gx_, gw_out=gw, gemm=_PRODUCTS[plan[2]],
-                subpixel=_subpixel(plan[1], w.shape[2:], geometry), periodic=periodic)
+            operands = tuple(map(_nchw, (x_, w, gy_)))
+            _into(gx_, lambda gx_o: _into(gw, lambda gw_o: _fused_nchw(
+                plan, *operands, geometry, gx_o, gw_o, periodic)))
 
     def tune():
         plans = _plans.candidates("backward", x.dtype, key[2], geometry, gy.shape[2:],
@@ -320,12 +389,28 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
         fits = kernels.gemm.subpixel_fits(x.shape, _subpixel_shape(w.shape, geometry),
                                           geometry[0], geometry[1], geometry[3],
                                           gy.shape[2:], x.itemsize)[1]
-        return _plans.measure(call, [p for p in plans if p[1] != "subpixel" or fits],
-                              lambda p: call(p, 1))[0]
+        plans = [p for p in plans
+                 if (p[1] != "subpixel" or fits) and (p[1] != "nhwc" or nhwc)]
+        return _plans.measure(call, plans, lambda p: call(p, 1))[0]
 
     # the periodic backward has no separate form here (its maps read a padded gy)
     plan = _planned(key, x.shape, None if periodic else tune)
-    if plan[0] != "gemm":
+    if plan[0] != "gemm" or (periodic and plan[1] == "nhwc"):
         return False
     call(plan)
     return True
+
+
+def _fused_nchw(plan, x, w, gy, geometry, gx, gw, periodic):
+    """The GEMM family's fused backward (NCHW-contiguous arrays) with ``plan``'s form."""
+    padded = _plans.subpixel_kernel(w.shape[2:], geometry[0], geometry[2])
+    if plan[1] == "subpixel" and padded not in (None, w.shape[2:]) and np.isfinite(gy).all():
+        gw_full = np.empty(w.shape[:2] + padded, w.dtype)
+        kernels.gemm.conv_transpose2d_backward(
+            x, _pad_kernel(w, padded), gy, *geometry, gx_out=gx, gw_out=gw_full,
+            gemm=_PRODUCTS[plan[2]], subpixel=True, periodic=periodic)
+        gw[...] = gw_full[:, :, :w.shape[2], :w.shape[3]]
+        return
+    kernels.gemm.conv_transpose2d_backward(
+        x, w, gy, *geometry, gx_out=gx, gw_out=gw, gemm=_PRODUCTS[plan[2]],
+        subpixel=_subpixel(plan[1], w.shape[2:], geometry), periodic=periodic)

@@ -5,8 +5,10 @@ A plan is plain data, ``(family, form, product)``:
 * ``family``: ``"direct"`` or ``"gemm"`` (``kernels.FAMILIES``);
 * ``form`` (GEMM only): ``"columns"``, ``"subpixel"`` (with zero taps appended where
   the kernel is not a multiple of the stride: :func:`subpixel_kernel`) or
-  ``"winograd"`` (F(2x2, 3x3) for 3x3 stride-1 layers: ``kernels.winograd``), or
-  ``""`` for the GEMM family's own choice;
+  ``"winograd"`` (F(2x2, 3x3) for 3x3 stride-1 layers: ``kernels.winograd``),
+  ``"nhwc"`` (the channels-last column form, real floats: ``kernels.nhwc``; the
+  other forms compute on NCHW copies of channels-last operands, this one on NHWC
+  copies of NCHW ones), or ``""`` for the GEMM family's own choice;
 * ``product`` (GEMM only): who multiplies the matrices, ``"mm"`` (``torch.mm``:
   MKL or OpenBLAS, whichever torch was built with) or ``"onednn"`` (oneDNN's
   matmul, float32 only, where torch has it); ``""`` for direct.
@@ -44,14 +46,14 @@ from . import kernels
 log = logging.getLogger("fastconvt")
 
 FAMILIES = tuple(kernels.FAMILIES)
-FORMS = ("", "columns", "subpixel", "winograd")
+FORMS = ("", "columns", "subpixel", "winograd", "nhwc")
 PRODUCTS = ("", "mm", "onednn")
 MAPS = ("conv_transpose2d", "conv2d", "weight_correlation", "backward")
 # Winograd F(2x2, 3x3) may be measured (and so chosen) unless FASTCONVT_WINOGRAD=0
 WINOGRAD = os.environ.get("FASTCONVT_WINOGRAD", "1") not in ("0", "")
 # the plan file's format, raised whenever the candidates change (a plan measured
 # without a newer candidate is measured again)
-FORMAT = 4
+FORMAT = 5
 # configurations remembered per process, and per plan file
 MAX_PLANS = 4096
 
@@ -83,7 +85,7 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     else:
         w_shape = operand_shapes[1]
     products = ["mm"] + (["onednn"] if onednn_available() and dtype == np.float32 else [])
-    forms = ["columns"]
+    forms = ["columns"] + (["nhwc"] if np.dtype(dtype).kind == "f" else [])
     if subpixel_kernel(w_shape[2:], stride, dilation) is not None:
         forms.append("subpixel")
     if (WINOGRAD and map_name in ("conv_transpose2d", "conv2d") and np.dtype(dtype).kind == "f"

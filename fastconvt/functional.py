@@ -181,8 +181,9 @@ def select_plan(input, weight, stride=1, padding=0, output_padding=0, groups=1, 
     dtype = torch.float32 if input.dtype in _UPCAST_DTYPES else input.dtype
     _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
                                           output_padding, groups, dilation)
+    layout = "channels_last" if _autograd._is_channels_last(input) else ""
     return _dispatch.plans_of(tuple(input.shape), tuple(weight.shape), _NUMPY_DTYPES[dtype],
-                              geometry, out_hw)
+                              geometry, out_hw, layout)
 
 
 def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):

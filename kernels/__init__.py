@@ -4,14 +4,15 @@ Torch-free. Each family module (``direct``) exposes the same three entry points,
 ``conv_transpose2d``, ``conv2d`` (its input adjoint) and ``weight_correlation``
 (its weight adjoint), over C-contiguous float32, float64, complex64 or complex128 arrays in NCHW
 layout. ``winograd`` computes the forward and input adjoint of 3x3 stride-1 layers with fewer
-multiplies (F(2x2, 3x3)). ``borders`` folds and pads the borders of the non-zero padding
+multiplies (F(2x2, 3x3)). ``nhwc`` computes the three maps on channels-last (NHWC) arrays.
+``borders`` folds and pads the borders of the non-zero padding
 modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import borders, direct, gemm, winograd
+from . import borders, direct, gemm, nhwc, winograd
 from ._config import num_threads
 
-__all__ = ["borders", "direct", "gemm", "winograd", "FAMILIES", "num_threads", "warmup"]
+__all__ = ["borders", "direct", "gemm", "nhwc", "winograd", "FAMILIES", "num_threads", "warmup"]
 
 # kernel families by name; each exposes conv_transpose2d, conv2d, weight_correlation
 FAMILIES = {"direct": direct, "gemm": gemm}
@@ -49,6 +50,11 @@ def warmup(dtypes=("float32", "float64")):
             y3 = winograd.conv_transpose2d(x, w3, None, one, one, one, 1, (3, 3),
                                            parallel=parallel)
             winograd.conv2d(y3, w3, one, one, one, 1, (3, 3), parallel=parallel)
+            # the channels-last column form: its gather and scatter
+            if np.dtype(dtype).kind == "f":
+                xn, wn = x.transpose(0, 2, 3, 1).copy(), w.transpose(0, 2, 3, 1).copy()
+                yn = nhwc.conv_transpose2d(xn, wn, None, *geometry, (4, 4), parallel=parallel)
+                nhwc.conv2d(yn, wn, *geometry, (3, 3), parallel=parallel)
             for mode in borders.MODES:
                 z = borders.pad_borders(x, (1, 1), mode, parallel=parallel)
                 borders.fold_borders(z, np.ones(2, dtype), (1, 1), mode, parallel=parallel)

@@ -37,9 +37,9 @@ def reference(input, weight, bias=None, stride=1, padding=0, output_padding=0, g
 # every plan a measurement can pick, as use_family's (family, form, product); oneDNN's
 # product is float32 only (float64 goes to torch.mm), so float64-only tests skip it
 PLANS_FLOAT64 = [("direct", None, None), ("gemm", None, None), ("gemm", "columns", "mm"),
-                 ("gemm", "subpixel", "mm"), ("gemm", "winograd", "mm")]
+                 ("gemm", "subpixel", "mm"), ("gemm", "winograd", "mm"), ("gemm", "nhwc", "mm")]
 PLANS = PLANS_FLOAT64 + ([("gemm", "columns", "onednn"), ("gemm", "subpixel", "onednn"),
-                          ("gemm", "winograd", "onednn")]
+                          ("gemm", "winograd", "onednn"), ("gemm", "nhwc", "onednn")]
                          if _plans.onednn_available() else [])
 
 
