@@ -34,6 +34,7 @@ class Layer(NamedTuple):
     groups: int = 1
     dilation: int = 1
     padding_mode: str = "zeros"
+    memory_format: str = "contiguous"  # or "channels_last": input, weight and gradient
 
     @property
     def input_shape(self):
@@ -46,6 +47,13 @@ class Layer(NamedTuple):
             for n, k, s, p, op in zip((self.height, self.width), _pair(self.kernel_size),
                                       _pair(self.stride), _pair(self.padding),
                                       _pair(self.output_padding)))
+
+    def to_format(self, *tensors):
+        """``tensors`` (4-D) in the layer's memory format, contiguous otherwise."""
+        import torch
+
+        fmt = getattr(torch, self.memory_format.replace("contiguous", "contiguous_format"))
+        return tuple(t.contiguous(memory_format=fmt) for t in tensors)
 
     def conv_args(self):
         """Keyword arguments of ``nn.ConvTranspose2d`` (bias and padding_mode included)."""
@@ -95,6 +103,10 @@ _LAYERS = [
     # The article's example: tiny, all overhead.
     Layer("article-1to1-k3s2-4x4", 1, 1, 1, 4, 4, 3, 2, 1),
 ]
+# channels_last, how torch users run CNNs fast on CPUs: the DCGAN, U-Net and stride-1 layers
+_LAYERS += [layer._replace(name=layer.name + "-cl", memory_format="channels_last")
+            for layer in _LAYERS if layer.name.split("-")[0] in ("dcgan2", "dcgan3", "dcgan4",
+                                                                 "unet", "stride1")]
 LAYERS = {layer.name: layer for layer in _LAYERS}
 
 

@@ -1,4 +1,5 @@
-"""``python bench/paired.py LAYER [--dtype float32] [--mode forward+backward] [--pairs 300]``
+"""``python bench/paired.py LAYER [--dtype float32] [--mode forward+backward] [--pairs 300]
+[--memory-format FORMAT]``
 
 One benchmark layer timed as interleaved pairs in one process: each round runs torch's
 side and fastconvt's back to back (alternating which goes first), so both see the same
@@ -55,16 +56,23 @@ class Paired(NamedTuple):
     pairs: int
 
 
-def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0, seconds=None):
+def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0, seconds=None,
+           memory_format=None):
     """Time ``pairs`` interleaved pairs, or if ``seconds`` is given as many as fill about
-    that long (at least 5, at most 2000); return a :class:`Paired`."""
+    that long (at least 5, at most 2000); return a :class:`Paired`. ``memory_format``
+    ("contiguous" or "channels_last": input, weight and output gradient, both sides)
+    overrides the layer's."""
     spec, dt = LAYERS[layer], DTYPES[dtype]
+    if memory_format is not None:
+        spec = spec._replace(memory_format=memory_format)
     steps = {}
     for name, make in (("torch", _torch_module), ("fastconvt", fastconvt.ConvTranspose2d)):
         torch.manual_seed(seed)  # same weights and data for both
         module = make(**spec.conv_args(), dtype=dt)
-        x = torch.randn(spec.input_shape, dtype=dt, requires_grad=mode != "forward")
-        grad = torch.randn(spec.output_shape, dtype=dt)
+        module.weight.data, = spec.to_format(module.weight.data)
+        x, grad = spec.to_format(torch.randn(spec.input_shape, dtype=dt),
+                                 torch.randn(spec.output_shape, dtype=dt))
+        x.requires_grad_(mode != "forward")
         steps[name] = _step(module, x, grad, mode)
     return interleave(steps["torch"], steps["fastconvt"], pairs, seed, seconds)
 
@@ -103,9 +111,13 @@ def main(argv=None):
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--mode", choices=MODES, default="forward+backward")
     parser.add_argument("--pairs", type=int, default=300)
+    parser.add_argument("--memory-format", choices=["channels_last", "contiguous"],
+                        help="override the layer's")
     args = parser.parse_args(argv)
-    result = paired(args.layer, args.dtype, args.mode, args.pairs)
-    print(f"{args.layer} {args.dtype} {args.mode}, {args.pairs} interleaved pairs, "
+    result = paired(args.layer, args.dtype, args.mode, args.pairs,
+                    memory_format=args.memory_format)
+    layout = f" {args.memory_format}" if args.memory_format else ""
+    print(f"{args.layer} {args.dtype} {args.mode}{layout}, {args.pairs} interleaved pairs, "
           f"{torch.get_num_threads()} threads, malloc {allocator.setting()}: "
           f"torch {result.torch * 1e3:.3f} ms, fastconvt {result.fastconvt * 1e3:.3f} ms; "
           f"speed-up {result.ratio:.3f}x (95% bootstrap {result.low:.3f}-{result.high:.3f})")
