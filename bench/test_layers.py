@@ -306,7 +306,8 @@ def _dcgan_generator(dtype):
     """DCGAN's generator (nz=100, ngf=64): the five layers above with BatchNorm and ReLU."""
     nn = torch.nn
     layers = []
-    for spec in [LAYERS[name] for name in LAYERS if name.startswith("dcgan")]:
+    for spec in [layer for name, layer in LAYERS.items()
+                 if name.startswith("dcgan") and layer.memory_format == "contiguous"]:
         layers.append(nn.ConvTranspose2d(**dict(spec.conv_args(), bias=False), dtype=dtype))
         layers += [nn.BatchNorm2d(spec.out_channels, dtype=dtype), nn.ReLU()]
     return nn.Sequential(*layers[:-2], nn.Tanh())
