@@ -241,6 +241,8 @@ def _call(plan, map_name, operands, geometry, size, out):
         operands = tuple(map(_nhwc, operands))
         return _into(out, lambda o: compute(*operands, *geometry, size, out=o,
                                             gemm=_PRODUCTS[product]), nhwc=True)
+    if out.flags.c_contiguous and all(a is None or a.flags.c_contiguous for a in operands):
+        return _call_nchw(plan, map_name, operands, geometry, size, out)
     operands = tuple(map(_nchw, operands))
     return _into(out, lambda o: _call_nchw(plan, map_name, operands, geometry, size, o))
 
