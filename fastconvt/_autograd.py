@@ -8,8 +8,9 @@ kernel entry point and wraps the result; backward computes only what
 ``ctx.needs_input_grad`` asks for.
 """
 import torch
+from torch.autograd import forward_ad
 
-from . import _dispatch, kernels
+from . import _dispatch, _transforms, kernels
 
 # geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
 
@@ -24,7 +25,7 @@ def _np(t, channels_last=False):
         t = t.detach()
     if t.is_complex():
         t = t.resolve_conj().resolve_neg()
-    if channels_last and _is_channels_last(t):
+    if t.is_contiguous() or (channels_last and _is_channels_last(t)):
         return t.numpy()
     return t.contiguous().numpy()
 
@@ -38,8 +39,9 @@ def _is_channels_last(t):
 def _empty_like_layout(shape, like):
     """An empty tensor of ``shape`` and ``like``'s dtype, channels-last where ``like``
     is (the layout its map computes in)."""
-    fmt = torch.channels_last if _is_channels_last(like) else torch.contiguous_format
-    return torch.empty(shape, dtype=like.dtype, memory_format=fmt)
+    if _is_channels_last(like):
+        return torch.empty(shape, dtype=like.dtype, memory_format=torch.channels_last)
+    return torch.empty(shape, dtype=like.dtype)
 
 
 def _conj(t):
@@ -86,6 +88,10 @@ def _both_gradients(x, w, gy, geometry, periodic=False):
 
 
 def _needs_graph(*tensors):
+    """Whether the Functions must run: a gradient may be asked for, forward-mode AD or
+    a torch.func transform is active (their rules live on the Functions)."""
+    if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
@@ -166,14 +172,27 @@ def _pad_borders(x, padding, mode):
     return out
 
 
+def _save_operands(ctx, inputs, output):
+    """setup_context of the three maps: the two operands (for backward and jvp), the
+    geometry, the size argument and the output's shape."""
+    ctx.geometry, ctx.size = inputs[3:5] if len(inputs) > 4 else inputs[2:4]
+    ctx.save_for_backward(*inputs[:2])
+    ctx.save_for_forward(*inputs[:2])
+    ctx.out_shape = output.shape
+
+
 class FoldBordersFunction(torch.autograd.Function):
     """``(z (N, C, H + 2 ph, W + 2 pw), b, (ph, pw), mode) -> (N, C, H, W)``: every
     padded element added onto its source, then the bias."""
 
     @staticmethod
-    def forward(ctx, z, b, padding, mode):
-        ctx.padding, ctx.mode = padding, mode
+    def forward(z, b, padding, mode):
         return _fold_borders(z, b, padding, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, _, ctx.padding, ctx.mode = inputs
+        ctx.out_shape = output.shape
 
     @staticmethod
     def backward(ctx, gx):
@@ -184,34 +203,71 @@ class FoldBordersFunction(torch.autograd.Function):
             gb = gx.sum((0, 2, 3))
         return gz, gb, None, None
 
+    @staticmethod
+    def jvp(ctx, dz, db, *_):
+        fold = None if dz is None else FoldBordersFunction.apply(dz, None, ctx.padding, ctx.mode)
+        return _transforms.tangent([fold], ctx.out_shape, dz if db is None else db, db)
+
+    @staticmethod
+    def vmap(info, in_dims, z, b, padding, mode):
+        return _transforms.vmap_fold(
+            lambda z, b: FoldBordersFunction.apply(z, b, padding, mode), in_dims[:2], z, b)
+
 
 class PadBordersFunction(torch.autograd.Function):
     """``(x (N, C, H, W), (ph, pw), mode) -> (N, C, H + 2 ph, W + 2 pw)``, as
     ``F.pad(x, (pw, pw, ph, ph), mode)``: the adjoint of the fold."""
 
     @staticmethod
-    def forward(ctx, x, padding, mode):
-        ctx.padding, ctx.mode = padding, mode
+    def forward(x, padding, mode):
         return _pad_borders(x, padding, mode)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, ctx.padding, ctx.mode = inputs
 
     @staticmethod
     def backward(ctx, gz):
         return FoldBordersFunction.apply(gz, None, ctx.padding, ctx.mode), None, None
+
+    @staticmethod
+    def jvp(ctx, dx, *_):
+        return PadBordersFunction.apply(dx, ctx.padding, ctx.mode)
+
+    @staticmethod
+    def vmap(info, in_dims, x, padding, mode):
+        return _transforms.vmap_fold(lambda x, _: PadBordersFunction.apply(x, padding, mode),
+                                     (in_dims[0], None), x, None)
 
 
 class ConvTranspose2dFunction(torch.autograd.Function):
     """``(x (N, C_in, H, W), w, b, geometry, out_hw) -> (N, C_out, *out_hw)``"""
 
     @staticmethod
-    def forward(ctx, x, w, b, geometry, out_hw):
-        ctx.geometry = geometry
-        ctx.save_for_backward(x, w)
+    def forward(x, w, b, geometry, out_hw):
         shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
         return _compute("conv_transpose2d", shape, (x, w, b), geometry, out_hw)
+
+    setup_context = staticmethod(_save_operands)
 
     @staticmethod
     def backward(ctx, gy):
         return (*_gradients(ctx, gy), None, None)
+
+    @staticmethod
+    def jvp(ctx, dx, dw, db, *_):
+        x, w = ctx.saved_tensors
+        apply = lambda x, w: ConvTranspose2dFunction.apply(  # noqa: E731
+            x, w, None, ctx.geometry, ctx.size)
+        return _transforms.tangent([None if dx is None else apply(dx, w),
+                                    None if dw is None else apply(x, dw)],
+                                   ctx.out_shape, x, db)
+
+    @staticmethod
+    def vmap(info, in_dims, x, w, b, geometry, out_hw):
+        return _transforms.vmap_forward(
+            lambda x, w, b, geometry: ConvTranspose2dFunction.apply(x, w, b, geometry, out_hw),
+            info, in_dims[:3], x, w, b, geometry)
 
 
 def _gradients(ctx, gy, periodic=False):
@@ -248,25 +304,56 @@ class PeriodicConvTranspose2dFunction(torch.autograd.Function):
     fewer columns than the padded input's)."""
 
     @staticmethod
-    def forward(ctx, x, w, b, geometry, out_hw, wrap):
-        ctx.geometry = geometry
-        ctx.save_for_backward(x, w)
+    def forward(x, w, b, geometry, out_hw, wrap):
         return _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _save_operands(ctx, inputs, output)
+        ctx.wrap = inputs[5]
 
     @staticmethod
     def backward(ctx, gy):
         return (*_gradients(ctx, gy, periodic=True), None, None, None)
+
+    @staticmethod
+    def jvp(ctx, dx, dw, db, *_):
+        x, w = ctx.saved_tensors
+        apply = lambda x, w: PeriodicConvTranspose2dFunction.apply(  # noqa: E731
+            x, w, None, ctx.geometry, ctx.size, ctx.wrap)
+        return _transforms.tangent([None if dx is None else apply(dx, w),
+                                    None if dw is None else apply(x, dw)],
+                                   ctx.out_shape, x, db)
+
+    @staticmethod
+    def vmap(info, in_dims, x, w, b, geometry, out_hw, wrap):
+        return _transforms.vmap_forward(
+            lambda x, w, b, geometry: PeriodicConvTranspose2dFunction.apply(
+                x, w, b, geometry, out_hw, wrap), info, in_dims[:3], x, w, b, geometry)
 
 
 class Conv2dFunction(torch.autograd.Function):
     """``(y (N, C_out, H_out, W_out), w, geometry, in_hw) -> (N, C_in, *in_hw)``"""
 
     @staticmethod
-    def forward(ctx, y, w, geometry, in_hw):
-        ctx.geometry = geometry
-        ctx.save_for_backward(y, w)
+    def forward(y, w, geometry, in_hw):
         shape = (y.shape[0], w.shape[0]) + tuple(in_hw)
         return _compute("conv2d", shape, (y, w), geometry, in_hw)
+
+    setup_context = staticmethod(_save_operands)
+
+    @staticmethod
+    def jvp(ctx, dy, dw, *_):
+        y, w = ctx.saved_tensors
+        apply = lambda y, w: Conv2dFunction.apply(y, w, ctx.geometry, ctx.size)  # noqa: E731
+        return _transforms.tangent([None if dy is None else apply(dy, w),
+                                    None if dw is None else apply(y, dw)], ctx.out_shape, y)
+
+    @staticmethod
+    def vmap(info, in_dims, y, w, geometry, in_hw):
+        return _transforms.vmap_forward(
+            lambda y, w, _, geometry: Conv2dFunction.apply(y, w, geometry, in_hw),
+            info, (*in_dims[:2], None), y, w, None, geometry)
 
     @staticmethod
     def backward(ctx, gx):
@@ -284,11 +371,25 @@ class WeightCorrelationFunction(torch.autograd.Function):
     -> (C_in, C_out // groups, *kernel_hw)``"""
 
     @staticmethod
-    def forward(ctx, x, y, geometry, kernel_hw):
-        ctx.geometry = geometry
-        ctx.save_for_backward(x, y)
+    def forward(x, y, geometry, kernel_hw):
         shape = (x.shape[1], y.shape[1] // geometry[3]) + tuple(kernel_hw)
         return _compute("weight_correlation", shape, (x, y), geometry, kernel_hw)
+
+    setup_context = staticmethod(_save_operands)
+
+    @staticmethod
+    def jvp(ctx, dx, dy, *_):
+        x, y = ctx.saved_tensors
+        apply = lambda x, y: WeightCorrelationFunction.apply(  # noqa: E731
+            x, y, ctx.geometry, ctx.size)
+        return _transforms.tangent([None if dx is None else apply(dx, y),
+                                    None if dy is None else apply(x, dy)], ctx.out_shape, x)
+
+    @staticmethod
+    def vmap(info, in_dims, x, y, geometry, kernel_hw):
+        return _transforms.vmap_weight(
+            lambda x, y, geometry: WeightCorrelationFunction.apply(x, y, geometry, kernel_hw),
+            info, in_dims[:2], x, y, geometry)
 
     @staticmethod
     def backward(ctx, gw):

@@ -65,6 +65,12 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         >>> fastconvt.conv_transpose2d(x, w, stride=2, padding=1).shape
         torch.Size([1, 1, 7, 7])
     """
+    if _autocast_cpu():
+        cast = _autocast(input, weight, bias)
+        if cast is not None:
+            with _no_autocast():
+                return conv_transpose2d(*cast, stride, padding, output_padding, groups,
+                                        dilation, padding_mode=padding_mode)
     key = _call_key(input, weight, bias, stride, padding, output_padding, groups, dilation,
                     padding_mode)
     prepared = _calls.get(key) if key is not None else None
@@ -103,6 +109,36 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
                          padding_mode, *prepared)
 
 
+def _autocast_cpu():
+    """Whether CPU autocast is on (torch >= 2.4 names the device; older torch has its own
+    function)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:
+        return torch.is_autocast_cpu_enabled()
+
+
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+def _autocast(input, weight, bias):
+    """``(input, weight, bias)`` cast as torch's CPU autocast casts ``conv_transpose2d``
+    (on its lower-precision list: every floating tensor but a float64 one goes to the
+    autocast dtype), or None where the operands are not all CPU tensors (torch's own
+    autocast then applies on the way to its operator)."""
+    tensors = [t for t in (input, weight, bias) if t is not None]
+    if not all(isinstance(t, torch.Tensor) and t.is_cpu for t in tensors):
+        return None
+    try:
+        dtype = torch.get_autocast_dtype("cpu")
+    except AttributeError:  # torch < 2.4
+        dtype = torch.get_autocast_cpu_dtype()
+    cast = lambda t: t.to(dtype) if (t is not None and t.is_floating_point()  # noqa: E731
+                                     and t.dtype != torch.float64) else t
+    return cast(input), cast(weight), cast(bias)
+
+
 # Calls validated before, by all that decides how they run (operand types, devices,
 # dtypes, shapes and strides, and the arguments, ints and tuples of ints only): a
 # module's repeated call skips argument parsing, validation and layout inspection.
@@ -113,6 +149,8 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their ow
 
 def _call_key(input, weight, bias, *args):
     """The key of this call in ``_calls``, or None where it cannot be cached."""
+    if torch._C._are_functorch_transforms_active():  # wrapped tensors: no strides to key on
+        return None
     if type(input) not in _PLAIN or type(weight) not in _PLAIN or not (
             input.is_cpu and weight.is_cpu and input.layout == weight.layout == torch.strided):
         return None
@@ -357,7 +395,10 @@ def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, out
 
 def _is_channels_last(t):
     """``t.suggest_memory_format() == torch.channels_last`` for a 4-D tensor: a port of
-    c10's ``is_channels_last_strides_2d``, which decides torch's output layout."""
+    c10's ``is_channels_last_strides_2d``, which decides torch's output layout. Inside
+    a torch.func transform (wrapped tensors, whose strides are not the data's) no."""
+    if torch._C._are_functorch_transforms_active():
+        return False
     if t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
         return False  # the common case, decided in C++
     sizes, strides = t.shape, t.stride()
