@@ -1,14 +1,16 @@
-"""fastconvt: a drop-in, Numba-computed replacement for torch.nn.ConvTranspose2d on the CPU."""
+"""fastconvt: a drop-in, Numba-computed replacement for torch.nn.ConvTranspose2d (and
+ConvTranspose1d) on the CPU."""
 from . import init, kernels
 from ._dispatch import set_autotune, use_family
+from .conv1d import ConvTranspose1d, conv_transpose1d
 from .functional import conv_transpose2d, select_family, select_plan
 from .modules import ConvTranspose2d, convert
 from .sizes import checkerboard, output_padding_for, output_size
 
 __version__ = "0.1.0"
-__all__ = ["ConvTranspose2d", "conv_transpose2d", "convert", "select_family", "select_plan",
-           "set_autotune", "use_family", "warmup", "kernels", "init", "checkerboard",
-           "output_padding_for", "output_size"]
+__all__ = ["ConvTranspose1d", "ConvTranspose2d", "conv_transpose1d", "conv_transpose2d",
+           "convert", "select_family", "select_plan", "set_autotune", "use_family", "warmup",
+           "kernels", "init", "checkerboard", "output_padding_for", "output_size"]
 
 
 def warmup():

@@ -1,8 +1,11 @@
 """``fastconvt.ConvTranspose2d``: torch's module, computed by fastconvt's kernels."""
 from typing import List, Optional
 
+import warnings
+
 import torch
 from torch import Tensor
+from torch.nn.utils import parametrize
 
 from . import _torch_path, sizes
 from .functional import check_padding_mode, conv_transpose2d
@@ -83,16 +86,19 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
 
 
 def convert(module):
-    """Make every ``torch.nn.ConvTranspose2d`` in ``module`` (``module`` itself
-    included) a :class:`fastconvt.ConvTranspose2d`, in place, and return ``module``.
+    """Make every ``torch.nn.ConvTranspose2d`` (``ConvTranspose1d``) in ``module``
+    (``module`` itself included) a :class:`fastconvt.ConvTranspose2d`
+    (:class:`fastconvt.ConvTranspose1d`), in place, and return ``module``.
 
     Each converted layer stays the same object: only its class changes. Its
-    Parameters, buffers, hooks (and their removable handles), training mode and
+    Parameters, buffers, hooks (and their removable handles, old-style
+    ``torch.nn.utils.weight_norm``/``spectral_norm`` included), training mode and
     device are untouched, and so is every reference to it held elsewhere (an
-    optimizer, a list of layers). Only modules whose type is exactly
-    ``torch.nn.ConvTranspose2d`` are converted: a user subclass may override
-    ``forward``, and a parametrized layer (``torch.nn.utils.parametrize``) has a
-    generated subclass type; both are left as they are.
+    optimizer, a list of layers). A layer under ``torch.nn.utils.parametrize``
+    (``parametrizations.weight_norm``, ``spectral_norm``, user parametrizations) is
+    converted too, keeping its parametrizations; ``remove_parametrizations`` later
+    leaves a fastconvt layer. A user subclass of torch's layers may override
+    ``forward``, so it is left on torch, with a warning naming it.
 
     Examples::
 
@@ -102,8 +108,23 @@ def convert(module):
         >>> type(model[0]) is fastconvt.ConvTranspose2d
         True
     """
-    for layer in module.modules():
-        if type(layer) is torch.nn.ConvTranspose2d:
-            # ConvTranspose2d adds no state to torch's class, so the instance is complete
-            layer.__class__ = ConvTranspose2d
+    from .conv1d import ConvTranspose1d
+
+    ours = {torch.nn.ConvTranspose2d: ConvTranspose2d, torch.nn.ConvTranspose1d: ConvTranspose1d}
+    left = []
+    for name, layer in module.named_modules():
+        cls = type(layer)
+        if cls in ours:
+            # our classes add no state to torch's, so the instance is complete
+            layer.__class__ = ours[cls]
+        elif parametrize.is_parametrized(layer) and cls.__bases__[0] in ours:
+            # parametrize's generated class over torch's: the same class over ours
+            # (its properties and serialisation guard), which removing the last
+            # parametrization rolls back to ours
+            layer.__class__ = type(cls.__name__, (ours[cls.__bases__[0]],), dict(cls.__dict__))
+        elif isinstance(layer, tuple(ours)) and not isinstance(layer, tuple(ours.values())):
+            left.append(f"{name or '(the model)'} ({cls.__module__}.{cls.__qualname__})")
+    if left:
+        warnings.warn("fastconvt.convert: left on torch, as subclasses of torch's layers that "
+                      "may override forward: " + ", ".join(left), stacklevel=2)
     return module
