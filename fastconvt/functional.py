@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import _autograd, _dispatch, _torch_path
+from . import _autograd, _dispatch, _ops, _torch_path
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 _KERNEL_DTYPES = (torch.float32, torch.float64, torch.complex64, torch.complex128)
@@ -149,8 +149,8 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their ow
 
 def _call_key(input, weight, bias, *args):
     """The key of this call in ``_calls``, or None where it cannot be cached."""
-    if torch._C._are_functorch_transforms_active():  # wrapped tensors: no strides to key on
-        return None
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+        return None  # Dynamo traces through caches; wrapped tensors have no strides to key on
     if type(input) not in _PLAIN or type(weight) not in _PLAIN or not (
             input.is_cpu and weight.is_cpu and input.layout == weight.layout == torch.strided):
         return None
@@ -264,14 +264,8 @@ _cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
 
 def _apply_kernels(input, weight, bias, geometry, out_hw, padding_mode):
     if torch.compiler.is_compiling():
-        return _apply_kernels_eagerly(input, weight, bias, geometry, out_hw, padding_mode)
-    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode)
-
-
-@torch.compiler.disable
-def _apply_kernels_eagerly(input, weight, bias, geometry, out_hw, padding_mode):
-    """The kernels, opaque to ``torch.compile`` (a graph break: Dynamo cannot
-    trace Numba, and would crash trying)."""
+        # Dynamo cannot trace Numba: a graph gets the maps as operators it knows
+        return _ops.layer(input, weight, bias, geometry, out_hw, padding_mode)
     return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode)
 
 
@@ -397,7 +391,7 @@ def _is_channels_last(t):
     """``t.suggest_memory_format() == torch.channels_last`` for a 4-D tensor: a port of
     c10's ``is_channels_last_strides_2d``, which decides torch's output layout. Inside
     a torch.func transform (wrapped tensors, whose strides are not the data's) no."""
-    if torch._C._are_functorch_transforms_active():
+    if not torch.compiler.is_compiling() and torch._C._are_functorch_transforms_active():
         return False
     if t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last):
         return False  # the common case, decided in C++

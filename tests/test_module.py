@@ -577,17 +577,3 @@ def test_first_call_in_fresh_process_keeps_torch_threads(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "ok"
-
-
-def test_torch_compile_runs_fastconvt_eagerly():
-    """Dynamo cannot trace Numba: the kernels are a graph break, not a crash."""
-    torch.manual_seed(0)
-    model = fastconvt.convert(nn.Sequential(nn.ConvTranspose2d(4, 2, 3, 2, 1), nn.ReLU())).double()
-    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
-    compiled = torch.compile(model, backend="eager")
-    out = compiled(x)
-    (grad,) = torch.autograd.grad(out.sum(), x)
-    expected = model(x)
-    (expected_grad,) = torch.autograd.grad(expected.sum(), x)
-    assert_close(out, expected)
-    assert_close(grad, expected_grad)
