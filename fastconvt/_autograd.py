@@ -58,8 +58,7 @@ def _on_torch_threads(call, *args):
     (numba#9387)."""
     threads = torch.get_num_threads()
     try:
-        with kernels.num_threads(threads):
-            return call(*args)
+        return kernels.on_threads(threads, call, *args)
     finally:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)

@@ -76,6 +76,20 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
     return parallel(*args, n_chunks)
 
 
+def on_threads(n, call, *args):
+    """``call(*args)`` with Numba parallel regions on ``n`` threads (as
+    :func:`num_threads`, without a context manager's cost on every call)."""
+    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    previous = numba.get_num_threads()
+    if n == previous:
+        return call(*args)
+    numba.set_num_threads(n)
+    try:
+        return call(*args)
+    finally:
+        numba.set_num_threads(previous)
+
+
 @contextmanager
 def num_threads(n):
     """Run Numba parallel regions on ``n`` threads (capped at Numba's pool
