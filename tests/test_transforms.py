@@ -201,3 +201,24 @@ def test_vmap_of_a_converted_model():
     ours = fastconvt.convert(ref)
     xs = torch.randn(3, 2, 8, 3, 3, dtype=torch.float64)
     _close(vmap(ours)(xs), vmap(ref)(xs))
+
+
+def test_1d_layer_under_vmap_jvp_and_autocast():
+    """The 1-D layer is the 2-D one on one-row images: the same rules apply."""
+    g = torch.Generator().manual_seed(4)
+    w, b = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((4, 3, 16), (3,)))
+    xs = torch.randn(3, 2, 4, 9, generator=g, dtype=torch.float64)
+    kw = dict(stride=8, padding=4)
+    ours = lambda w, b, x: fastconvt.conv_transpose1d(x, w, b, **kw)  # noqa: E731
+    ref = lambda w, b, x: torch.nn.functional.conv_transpose1d(x, w, b, **kw)  # noqa: E731
+    _close(vmap(ours, (None, None, 0))(w, b, xs), vmap(ref, (None, None, 0))(w, b, xs))
+    _close(vmap(ours, (0, None, None))(torch.stack([w, -w]), b, xs[0]),
+           torch.stack([ref(w, b, xs[0]), ref(-w, b, xs[0])]))
+    tangents = (w.flip(-1), b, xs[0].cos())
+    _close(jvp(ours, (w, b, xs[0]), tangents), jvp(ref, (w, b, xs[0]), tangents))
+    x32, w32 = xs[0].float(), w.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fastconvt.conv_transpose1d(x32, w32, **kw)
+        want = torch.nn.functional.conv_transpose1d(x32, w32, **kw)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
