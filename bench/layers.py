@@ -35,18 +35,29 @@ class Layer(NamedTuple):
     dilation: int = 1
     padding_mode: str = "zeros"
     memory_format: str = "contiguous"  # or "channels_last": input, weight and gradient
+    dim: int = 2  # 1: a ConvTranspose1d over sequences of ``width`` (``height`` 1)
+
+    def _hw(self, value, fill):
+        """An argument as (H, W); a 1-D layer's has ``fill`` along H (1 for kernel sizes
+        and strides, 0 for paddings)."""
+        return (fill, value) if self.dim == 1 else _pair(value)
+
+    @property
+    def kernel_hw(self):
+        return self._hw(self.kernel_size, 1)
 
     @property
     def input_shape(self):
-        return (self.batch, self.in_channels, self.height, self.width)
+        spatial = (self.width,) if self.dim == 1 else (self.height, self.width)
+        return (self.batch, self.in_channels) + spatial
 
     @property
     def output_shape(self):
-        return (self.batch, self.out_channels) + tuple(
-            (n - 1) * s - 2 * p + self.dilation * (k - 1) + op + 1
-            for n, k, s, p, op in zip((self.height, self.width), _pair(self.kernel_size),
-                                      _pair(self.stride), _pair(self.padding),
-                                      _pair(self.output_padding)))
+        out = tuple((n - 1) * s - 2 * p + self.dilation * (k - 1) + op + 1
+                    for n, k, s, p, op in zip((self.height, self.width), self.kernel_hw,
+                                              self._hw(self.stride, 1), self._hw(self.padding, 0),
+                                              self._hw(self.output_padding, 0)))
+        return (self.batch, self.out_channels) + (out[1:] if self.dim == 1 else out)
 
     def to_format(self, *tensors):
         """``tensors`` (4-D) in the layer's memory format, contiguous otherwise."""
@@ -100,6 +111,11 @@ _LAYERS = [
     Layer("grouped-256to256-g8-k4s2-16x16-b8", 8, 256, 256, 16, 16, 4, 2, 1, groups=8),
     # An audio vocoder's upsampler (HiFi-GAN/MelGAN-style): a 1-D signal as a 1-row image.
     Layer("vocoder-256to128-k1x16s8-1x512-b4", 4, 256, 128, 1, 512, (1, 16), (1, 8), (0, 4)),
+    # The same upsamplers as ConvTranspose1d layers over sequences (HiFi-GAN/MelGAN-style
+    # vocoders: x8, x8, x2 up to 32k samples).
+    Layer("vocoder1d-512to256-k16s8p4-L512-b1", 1, 512, 256, 1, 512, 16, 8, 4, dim=1),
+    Layer("vocoder1d-256to128-k16s8p4-L4096-b1", 1, 256, 128, 1, 4096, 16, 8, 4, dim=1),
+    Layer("vocoder1d-128to64-k4s2p1-L16384-b1", 1, 128, 64, 1, 16384, 4, 2, 1, dim=1),
     # The article's example: tiny, all overhead.
     Layer("article-1to1-k3s2-4x4", 1, 1, 1, 4, 4, 3, 2, 1),
 ]
@@ -118,7 +134,7 @@ def flops(layer, mode="forward"):
     fold is additions only."""
     if isinstance(layer, str):
         layer = LAYERS[layer]
-    k_h, k_w = _pair(layer.kernel_size)
+    k_h, k_w = layer.kernel_hw
     forward = (2 * layer.batch * layer.in_channels * (layer.out_channels // layer.groups)
                * k_h * k_w * layer.height * layer.width)
     return forward * (3 if mode == "forward+backward" else 1)

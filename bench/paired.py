@@ -23,9 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # layers.py, test_layers.py
 
 import allocator  # noqa: E402
-import fastconvt  # noqa: E402
 from layers import LAYERS, MODES  # noqa: E402
-from test_layers import DTYPES, _torch_module  # noqa: E402
+from test_layers import DTYPES, make_module  # noqa: E402
 
 
 def _step(module, x, grad, mode):
@@ -66,9 +65,9 @@ def paired(layer, dtype="float32", mode="forward+backward", pairs=300, seed=0, s
     if memory_format is not None:
         spec = spec._replace(memory_format=memory_format)
     steps = {}
-    for name, make in (("torch", _torch_module), ("fastconvt", fastconvt.ConvTranspose2d)):
+    for name in ("torch", "fastconvt"):
         torch.manual_seed(seed)  # same weights and data for both
-        module = make(**spec.conv_args(), dtype=dt)
+        module = make_module(name, spec, dt)
         module.weight.data, = spec.to_format(module.weight.data)
         x, grad = spec.to_format(torch.randn(spec.input_shape, dtype=dt),
                                  torch.randn(spec.output_shape, dtype=dt))

@@ -101,6 +101,16 @@ def _torch_module(padding_mode="zeros", **kwargs):
 IMPLS = {"torch": _torch_module, "fastconvt": fastconvt.ConvTranspose2d}
 
 
+def make_module(impl, spec, dtype=torch.float32, **overrides):
+    """``impl``'s module ("torch" or "fastconvt") for layer ``spec``: ConvTranspose1d for a
+    1-D layer, else ConvTranspose2d (torch's best equivalent for a padding mode it lacks)."""
+    args = dict(spec.conv_args(), **overrides)
+    if spec.dim == 1:
+        cls = torch.nn.ConvTranspose1d if impl == "torch" else fastconvt.ConvTranspose1d
+        return cls(**args, dtype=dtype)
+    return IMPLS[impl](**args, dtype=dtype)
+
+
 def _busy_seconds():
     """CPU seconds the whole machine has been busy (steal included), or None."""
     try:
@@ -151,7 +161,13 @@ def _plan(layer, x, weight, forced, mode):
     if select is None:
         return "-"
     try:
-        plans = select(x.detach(), weight.detach(), **layer.functional_args())
+        args = layer.functional_args()
+        x, weight = x.detach(), weight.detach()
+        if layer.dim == 1:  # computed as the 2-D layer on one-row images
+            x, weight = x.unsqueeze(-2), weight.unsqueeze(-2)
+            args = dict(args, stride=(1, layer.stride), padding=(0, layer.padding),
+                        output_padding=(0, layer.output_padding), dilation=(1, layer.dilation))
+        plans = select(x, weight, **args)
     except Exception as error:  # noqa: BLE001 - the report shows it, the timing goes on
         return f"error: {type(error).__name__}"
     if not plans:
@@ -184,7 +200,7 @@ def test_conv_transpose2d(benchmark, pytestconfig, family, layer, dtype, mode, i
     """One layer, one pass, one dtype, torch's module or fastconvt's."""
     spec = LAYERS[layer]
     torch.manual_seed(0)  # same weights and data for both implementations
-    module = IMPLS[impl](**spec.conv_args(), dtype=DTYPES[dtype])
+    module = make_module(impl, spec, DTYPES[dtype])
     module.weight.data, = spec.to_format(module.weight.data)
     x, grad = spec.to_format(torch.randn(spec.input_shape, dtype=DTYPES[dtype]),
                              torch.randn(spec.output_shape, dtype=DTYPES[dtype]))
@@ -281,7 +297,7 @@ def test_onnxruntime(benchmark, pytestconfig, notes, layer):
         notes["onnx_skipped"][layer] = reason
         pytest.skip(f"ONNX Runtime: {reason}")
     torch.manual_seed(0)
-    module = torch.nn.ConvTranspose2d(**spec.conv_args()).eval()
+    module = make_module("torch", spec).eval()
     x = torch.randn(spec.input_shape)
     try:
         session = _onnx_session(module, x)
