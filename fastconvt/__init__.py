@@ -4,13 +4,14 @@ from . import init, kernels
 from ._dispatch import set_autotune, use_family
 from .conv1d import ConvTranspose1d, conv_transpose1d
 from .functional import conv_transpose2d, select_family, select_plan
-from .modules import ConvTranspose2d, convert
+from .modules import ConvTranspose2d, convert, unconvert
 from .sizes import checkerboard, output_padding_for, output_size
 
 __version__ = "0.1.0"
 __all__ = ["ConvTranspose1d", "ConvTranspose2d", "conv_transpose1d", "conv_transpose2d",
            "convert", "select_family", "select_plan", "set_autotune", "use_family", "warmup",
-           "kernels", "init", "checkerboard", "output_padding_for", "output_size"]
+           "kernels", "init", "checkerboard", "output_padding_for", "output_size",
+           "unconvert"]
 
 
 def warmup():

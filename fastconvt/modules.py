@@ -108,23 +108,70 @@ def convert(module):
         >>> type(model[0]) is fastconvt.ConvTranspose2d
         True
     """
-    from .conv1d import ConvTranspose1d
-
-    ours = {torch.nn.ConvTranspose2d: ConvTranspose2d, torch.nn.ConvTranspose1d: ConvTranspose1d}
+    ours = _classes()
     left = []
     for name, layer in module.named_modules():
-        cls = type(layer)
-        if cls in ours:
-            # our classes add no state to torch's, so the instance is complete
-            layer.__class__ = ours[cls]
-        elif parametrize.is_parametrized(layer) and cls.__bases__[0] in ours:
-            # parametrize's generated class over torch's: the same class over ours
-            # (its properties and serialisation guard), which removing the last
-            # parametrization rolls back to ours
-            layer.__class__ = type(cls.__name__, (ours[cls.__bases__[0]],), dict(cls.__dict__))
-        elif isinstance(layer, tuple(ours)) and not isinstance(layer, tuple(ours.values())):
+        if not _swap_class(layer, ours) and isinstance(layer, tuple(ours)) \
+                and not isinstance(layer, tuple(ours.values())):
+            cls = type(layer)
             left.append(f"{name or '(the model)'} ({cls.__module__}.{cls.__qualname__})")
     if left:
         warnings.warn("fastconvt.convert: left on torch, as subclasses of torch's layers that "
                       "may override forward: " + ", ".join(left), stacklevel=2)
     return module
+
+
+def unconvert(module):
+    """Turn every fastconvt layer in ``module`` (``module`` itself included) back into
+    torch's class, in place, and return ``module``: for tools that know only torch's
+    layers. The same objects, Parameters, buffers, hooks and parametrizations stay.
+    Raises ``ValueError`` naming the first layer whose ``padding_mode`` torch's layer
+    lacks, before changing anything.
+
+    Examples::
+
+        >>> model = fastconvt.convert(nn.Sequential(nn.ConvTranspose2d(8, 4, 4, 2, 1)))
+        >>> type(fastconvt.unconvert(model)[0]) is nn.ConvTranspose2d
+        True
+    """
+    torchs = {ours: theirs for theirs, ours in _classes().items()}
+    layers = [(name, layer) for name, layer in module.named_modules()
+              if _base(layer) in torchs]
+    for name, layer in layers:
+        if layer.padding_mode != "zeros":
+            raise ValueError(f"fastconvt.unconvert: layer {name or '(the model)'} has "
+                             f"padding_mode={layer.padding_mode!r}, which torch's "
+                             f"{torchs[_base(layer)].__name__} does not compute")
+    for _, layer in layers:
+        _swap_class(layer, torchs)
+    return module
+
+
+def _classes():
+    """torch's layer classes -> fastconvt's."""
+    from .conv1d import ConvTranspose1d
+
+    return {torch.nn.ConvTranspose2d: ConvTranspose2d, torch.nn.ConvTranspose1d: ConvTranspose1d}
+
+
+def _base(layer):
+    """``layer``'s class, or for a parametrized layer the class parametrize extended."""
+    cls = type(layer)
+    return cls.__bases__[0] if parametrize.is_parametrized(layer) else cls
+
+
+def _swap_class(layer, mapping):
+    """Give ``layer`` the class ``mapping`` maps its class to; True if it did. The
+    classes add no state to each other, so the instance stays complete. A
+    parametrized layer's generated class is rebuilt over the new class with the same
+    dictionary (its properties and serialisation guard), so removing the last
+    parametrization rolls back to the new class."""
+    base = _base(layer)
+    if base not in mapping:
+        return False
+    if parametrize.is_parametrized(layer):
+        cls = type(layer)
+        layer.__class__ = type(cls.__name__, (mapping[base],), dict(cls.__dict__))
+    else:
+        layer.__class__ = mapping[base]
+    return True

@@ -82,3 +82,29 @@ def test_subclasses_are_left_with_a_warning_naming_them():
     with pytest.warns(UserWarning, match=r"0 \(.*MyDeconv\)"):
         fastconvt.convert(model)
     assert type(model[0]) is MyDeconv and type(model[1]) is fastconvt.ConvTranspose2d
+
+
+def test_unconvert_restores_torchs_classes_in_place():
+    model = fastconvt.convert(_model("weight_norm", 2))
+    plain = fastconvt.convert(_model("none", 1))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64)
+    want = model(x)
+    layer = model[0]
+    assert fastconvt.unconvert(model) is model and model[0] is layer
+    assert all(type(m).__bases__[0] is nn.ConvTranspose2d for m in model[::2])  # parametrized
+    assert parametrize.is_parametrized(model[0])
+    assert model.state_dict().keys() == state.keys()
+    torch.testing.assert_close(model(x), want, rtol=1e-12, atol=1e-12)
+    parametrize.remove_parametrizations(model[0], "weight")
+    assert type(model[0]) is nn.ConvTranspose2d
+    fastconvt.unconvert(plain)
+    assert [type(m) for m in plain[::2]] == [nn.ConvTranspose1d] * 2
+
+
+def test_unconvert_refuses_a_padding_mode_torch_lacks_and_changes_nothing():
+    model = nn.Sequential(fastconvt.ConvTranspose2d(2, 2, 3), nn.ReLU(),
+                          fastconvt.ConvTranspose2d(2, 2, 3, padding=1, padding_mode="reflect"))
+    with pytest.raises(ValueError, match="layer 2 has padding_mode='reflect'"):
+        fastconvt.unconvert(model)
+    assert type(model[0]) is fastconvt.ConvTranspose2d
