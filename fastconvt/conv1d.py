@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from . import _torch_path
-from .functional import _int, check_padding_mode, conv_transpose2d
+from .functional import _check_types, _int, check_padding_mode, conv_transpose2d
 
 
 def _single(name, value):
@@ -37,6 +37,7 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     Output: :math:`L_{out} = (L_{in} - 1) \times \text{stride} - 2 \times \text{padding}
     + \text{dilation} \times (k - 1) + \text{output\_padding} + 1`.
     """
+    _check_types(stride, padding, output_padding, groups, dilation)
     if not isinstance(input, Tensor) or input.dim() not in (2, 3):
         shape = list(input.shape) if isinstance(input, Tensor) else input
         raise RuntimeError("Expected 2D (unbatched) or 3D (batched) input to conv_transpose1d, "

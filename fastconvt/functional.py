@@ -226,6 +226,7 @@ def select_plan(input, weight, stride=1, padding=0, output_padding=0, groups=1, 
 
 def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):
     """Validate as torch does; return (unbatched, 4-D input, geometry, output (H, W))."""
+    _check_types(stride, padding, output_padding, groups, dilation)
     if input.dim() not in (3, 4):
         raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, "
                            f"but got input of size: {list(input.shape)}")
@@ -320,6 +321,15 @@ def _int(name, value, what="int"):
     if not -2**63 <= value < 2**63:
         raise ValueError(f"Overflow when unpacking long long: {name}={value}")
     return value
+
+
+def _check_types(stride, padding, output_padding, groups, dilation):
+    """torch's argument parser's TypeErrors, which come before any check of shapes."""
+    _int("groups", groups)
+    for name, value in (("stride", stride), ("padding", padding),
+                        ("output_padding", output_padding), ("dilation", dilation)):
+        for v in (tuple(value) if isinstance(value, (tuple, list)) else (value,)):
+            _int(name, v, "tuple of ints")
 
 
 def _pair(name, value):

@@ -112,6 +112,8 @@ def test_errors_have_torchs_types():
             F.conv_transpose1d(x, w, **bad)
         with pytest.raises(error):
             fastconvt.conv_transpose1d(x, w, **bad)
+    with pytest.raises(TypeError):  # argument types before shapes, as in torch
+        fastconvt.conv_transpose1d(torch.randn(1, 2, 4, 5), w, groups=None)
     with pytest.raises(RuntimeError, match="2D \\(unbatched\\) or 3D"):
         fastconvt.conv_transpose1d(torch.randn(1, 2, 4, 5), w)
     with pytest.raises(ValueError, match="padding_mode"):

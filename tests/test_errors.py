@@ -462,6 +462,19 @@ def test_bool_arguments_raise_type_error_like_torch(kwargs):
     assert type(actual) is TypeError
 
 
+@pytest.mark.parametrize("kwargs", [dict(groups=None), dict(dilation=1.5),
+                                    dict(padding=[1, [2]]), dict(output_padding="a"),
+                                    dict(stride=(1, 2.0)), dict(stride=(1, 2, 3))], ids=str)
+@pytest.mark.parametrize("x_shape", [(1, 2, 3, 4, 5), (2, 5, 4, 4), X], ids=str)
+def test_argument_types_are_checked_before_shapes_like_torch(kwargs, x_shape):
+    """torch's argument parser raises TypeError before the operator looks at shapes (a 5-D
+    input, a wrong channel count); a wrong length is the operator's RuntimeError."""
+    x, w = torch.randn(x_shape), torch.randn(W)
+    expected = _raised(lambda: F.conv_transpose2d(x, w, **kwargs))
+    actual = _raised(lambda: fastconvt.conv_transpose2d(x, w, **kwargs))
+    assert expected is not None and type(actual) is type(expected), (expected, actual)
+
+
 def test_unallocatable_output_raises_runtime_error_like_torch():
     # (1, 2, 8589934595, 8589934595) float32 elements: torch's allocator refuses
     # them before touching memory. torch's F raises RuntimeError here too (its
