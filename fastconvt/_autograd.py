@@ -7,10 +7,12 @@ Forward converts zero-copy to NumPy (after making NCHW-contiguous), calls one
 kernel entry point and wraps the result; backward computes only what
 ``ctx.needs_input_grad`` asks for.
 """
+import time
+
 import torch
 from torch.autograd import forward_ad
 
-from . import _dispatch, _transforms, kernels
+from . import _dispatch, _plans, _transforms, kernels
 
 # geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
 
@@ -52,14 +54,41 @@ def _conj(t):
     return t.conj_physical() if t.is_complex() else t
 
 
+# a call slower than this that compiled kernels or measured plans is reported, once per
+# process: a user should not wonder why a layer's first call took seconds
+SLOW_FIRST_CALL_SECONDS = 1.0
+_reported_slow_call = False
+
+
+def _report_slow_call(seconds, compiled, measured):
+    global _reported_slow_call
+    _reported_slow_call = True
+    what = " and ".join(
+        [f"Numba compiling {compiled} kernels (once per machine: later processes load them "
+         "from Numba's on-disk cache)"] * bool(compiled)
+        + [f"timing the layer's plans (once per layer shape and machine: kept in "
+           f"{_plans.cache_dir()})"] * bool(measured))
+    _plans.log.warning("fastconvt: a first call took %.1f s: %s. Later calls take "
+                       "milliseconds; fastconvt.warmup() compiles up front. (Reported once "
+                       "per process, logger 'fastconvt'.)", seconds, what)
+
+
 def _on_torch_threads(call, *args):
     """``call(*args)`` with Numba on as many threads as torch uses; torch's own
     count is restored afterwards, since Numba's first parallel launch can reset it
     (numba#9387)."""
     threads = torch.get_num_threads()
+    if not _reported_slow_call:
+        start = time.perf_counter()
+        compiled, measured = kernels.compilations(), _plans.measurements()
     try:
         return kernels.on_threads(threads, call, *args)
     finally:
+        if not _reported_slow_call and time.perf_counter() - start > SLOW_FIRST_CALL_SECONDS:
+            compiled, measured = (kernels.compilations() - compiled,
+                                  _plans.measurements() - measured)
+            if compiled or measured:
+                _report_slow_call(time.perf_counter() - start, compiled, measured)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
 

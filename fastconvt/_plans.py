@@ -154,6 +154,14 @@ def _map_of(key):
     return name if name in MAPS else ""
 
 
+_measured = 0
+
+
+def measurements():
+    """How many configurations this process has measured so far."""
+    return _measured
+
+
 def measure(run, plans, warm=None, rounds=3, prune=2.0):
     """The fastest of ``plans`` by ``run(plan)`` (which computes the map): each
     first warmed by ``warm(plan)`` (the map on one image: compiles kernels and
@@ -161,6 +169,8 @@ def measure(run, plans, warm=None, rounds=3, prune=2.0):
     third round on, a plan over ``prune`` times the best is dropped (not earlier: a
     first full-size run may still compile or load the parallel kernels, which one
     image does not use). Returns (best plan, {plan: seconds})."""
+    global _measured
+    _measured += 1
     for plan in plans:
         (warm or run)(plan)
     best = {}

@@ -10,10 +10,10 @@ modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
 from . import borders, direct, gemm, nhwc, winograd
-from ._config import num_threads, on_threads
+from ._config import compilations, num_threads, on_threads
 
-__all__ = ["borders", "direct", "gemm", "nhwc", "winograd", "FAMILIES", "num_threads",
-           "on_threads", "warmup"]
+__all__ = ["borders", "direct", "gemm", "nhwc", "winograd", "FAMILIES", "compilations",
+           "num_threads", "on_threads", "warmup"]
 
 # kernel families by name; each exposes conv_transpose2d, conv2d, weight_correlation
 FAMILIES = {"direct": direct, "gemm": gemm}

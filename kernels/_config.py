@@ -15,6 +15,7 @@ import threading
 from contextlib import contextmanager
 
 import numba
+import numba.core.event
 
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 CACHE = os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0")
@@ -74,6 +75,29 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
         with _workqueue_lock:
             return parallel(*args, n_chunks)
     return parallel(*args, n_chunks)
+
+
+class _CompileCounter(numba.core.event.Listener):
+    """Counts Numba compilations in this process (loads from the on-disk cache are
+    not compilations)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def on_start(self, event):
+        pass
+
+    def on_end(self, event):
+        self.count += 1
+
+
+_compiles = _CompileCounter()
+numba.core.event.register("numba:compile", _compiles)
+
+
+def compilations():
+    """How many kernels Numba has compiled in this process so far."""
+    return _compiles.count
 
 
 def on_threads(n, call, *args):

@@ -67,3 +67,31 @@ def test_autotune_picks_a_family_and_keeps_results(dtype):
     assert_close(out, ref, dtype)
     assert torch.equal(out, again)
     assert_close(grad, ref_grad, dtype)
+
+
+def _slow_call_messages(monkeypatch, caplog, compiles):
+    """Messages of two calls that each take longer than the threshold (set to 0), with
+    ``compiles`` giving kernels.compilations()'s successive answers."""
+    import logging
+
+    from fastconvt import _autograd
+
+    monkeypatch.setattr(_autograd, "_reported_slow_call", False)
+    monkeypatch.setattr(_autograd, "SLOW_FIRST_CALL_SECONDS", 0.0)
+    monkeypatch.setattr(fastconvt.kernels, "compilations", compiles)
+    x, w = torch.randn(1, 2, 3, 3, dtype=torch.float64), torch.randn(2, 2, 3, 3,
+                                                                    dtype=torch.float64)
+    with caplog.at_level(logging.WARNING, logger="fastconvt"):
+        fastconvt.conv_transpose2d(x, w)
+        fastconvt.conv_transpose2d(x, w, stride=2)
+    return [r.getMessage() for r in caplog.records if "first call took" in r.getMessage()]
+
+
+def test_a_slow_call_that_compiled_is_reported_once(monkeypatch, caplog):
+    counts = iter(range(1000))
+    messages = _slow_call_messages(monkeypatch, caplog, lambda: next(counts))
+    assert len(messages) == 1 and "Numba compiling 1 kernels" in messages[0]
+
+
+def test_a_slow_call_that_compiled_nothing_is_not_reported(monkeypatch, caplog):
+    assert _slow_call_messages(monkeypatch, caplog, lambda: 0) == []
