@@ -39,7 +39,8 @@ def vmap_forward(apply, info, in_dims, x, w, b, geometry):
     size = info.batch_size
     stride, padding, dilation, groups = geometry
     x = stack_channels(x, bx, size)
-    w = batched(w, bw, size).reshape(-1, *w.shape[-3:])
+    w = batched(w, bw, size)
+    w = w.reshape(-1, *w.shape[2:])
     b = None if b is None else batched(b, bb, size).reshape(-1)
     y = apply(x, w, b, (stride, padding, dilation, size * groups))
     return y.reshape(y.shape[0], size, -1, *y.shape[2:]), 1

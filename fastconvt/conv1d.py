@@ -51,7 +51,9 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     (s, p, op, d), groups = args, _int("groups", groups)
     out = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, s), (0, p),
                            (0, op), groups, (1, d), padding_mode=padding_mode)
-    return out.squeeze(-2)
+    # a length-major input looks channels_last once unsqueezed; torch's 1-D output is
+    # contiguous whatever the input's strides
+    return out.squeeze(-2).contiguous()
 
 
 class ConvTranspose1d(torch.nn.ConvTranspose1d):

@@ -108,7 +108,7 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
 @njit(parallel=True, **JIT)
 def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
                      n_chunks):
-    n_jobs = cols.shape[0] // w_in
+    n_jobs = cols.shape[0] // w_in if w_in > 0 else 0
     for t in prange(n_chunks):
         _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
                      t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
@@ -137,7 +137,8 @@ class _Layer:
             raise ValueError("nhwc: one image's columns exceed the workspace bound; "
                              "use another form")
         per_image = max(1, in_hw[0] * in_hw[1] * width * np.dtype(dtype).itemsize)
-        self.images = max(1, min(n_batch, CHUNK_BYTES // per_image))
+        bound = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+        self.images = max(1, min(n_batch, min(bound, CHUNK_BYTES) // per_image))
         self._cols = np.empty(self.images * in_hw[0] * in_hw[1] * width, dtype)
         self.width = width
 
@@ -195,9 +196,11 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
     for n0, nc, r0, r1, cols in layer.chunks():
         for g in range(groups):
             gemm(x_rows[r0:r1, layer.channels(g)], layer.weight(w, g), cols, False)
+            # an empty input plane leaves the bias alone, serially (the parallel driver
+            # counts output rows by the column buffer's pixels)
             launch(_col2im_jobs, _col2im_parallel,
                    (cols, bias, y, n0, g * layer.c_out_g, *layer.in_hw, layer.k_w, *taps),
-                   nc * out_hw[0], cols.size, parallel)
+                   nc * out_hw[0], cols.size, parallel if cols.shape[0] else False)
     return y
 
 

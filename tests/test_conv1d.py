@@ -131,3 +131,17 @@ def test_convert_converts_1d_layers():
     torch.testing.assert_close(model(x), want, rtol=1e-5, atol=1e-5)
     scripted = torch.jit.script(model)
     torch.testing.assert_close(scripted(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_output_layout_is_torchs_for_a_length_major_input():
+    """A (N, L, C) tensor transposed to (N, C, L) looks channels_last once given a height
+    of 1; torch's 1-D output is contiguous all the same."""
+    torch.manual_seed(0)
+    ref = nn.ConvTranspose1d(4, 3, 4, stride=3, padding=1, dtype=torch.float64)
+    ours = fastconvt.convert(nn.ConvTranspose1d(4, 3, 4, stride=3, padding=1,
+                                                dtype=torch.float64))
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 7, 4, dtype=torch.float64).transpose(1, 2)
+    want, got = ref(x), ours(x)
+    assert got.stride() == want.stride()
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

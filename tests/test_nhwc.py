@@ -119,3 +119,19 @@ def test_forced_plan_in_each_layout(dtype, x_layout, w_layout):
     assert y.is_contiguous(memory_format=cl) == (x_layout == "cl" or w_layout == "cl")
     for got, want_grad in zip(grads, torch.autograd.grad(want, (x, w), gy.double())):
         assert_close(got, want_grad, dtype)
+
+
+def test_a_callers_workspace_bound_caps_the_chunks():
+    layer = nhwc._Layer(64, (8, 8), 4, (4, 3, 3, 8), 1, ((1, 1), (0, 0), (1, 1)), np.float64,
+                        8 * 8 * 3 * 3 * 8 * 8 * 2)
+    assert layer.images == 2 and layer._cols.nbytes == 8 * 8 * 3 * 3 * 8 * 8 * 2
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_an_empty_input_plane_gives_the_bias(parallel):
+    y = nhwc.conv_transpose2d(np.ones((2, 0, 3, 2)), np.ones((2, 3, 3, 1)), np.arange(1.0, 2.0),
+                              (1, 1), (0, 0), (1, 1), 1, (2, 5), parallel=parallel)
+    np.testing.assert_array_equal(y, np.ones((2, 2, 5, 1)))
+    x = nhwc.conv2d(np.ones((1, 2, 5, 1)), np.ones((2, 3, 3, 1)), (1, 1), (0, 0), (1, 1), 1,
+                    (0, 3), parallel=parallel)
+    assert x.shape == (1, 0, 3, 2)

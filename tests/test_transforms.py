@@ -222,3 +222,11 @@ def test_1d_layer_under_vmap_jvp_and_autocast():
         want = torch.nn.functional.conv_transpose1d(x32, w32, **kw)
     assert got.dtype == want.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("dim", range(5))
+def test_vmap_over_weights_at_any_dimension(dim):
+    ours, oracle, w, b, x = _layer("grouped")
+    ws = torch.stack([w, -w, w.flip(-2)]).movedim(0, dim)
+    _close(vmap(ours, in_dims=(dim, None, None))(ws, b, x),
+           torch.stack([oracle(wi, b, x) for wi in (w, -w, w.flip(-2))]))
