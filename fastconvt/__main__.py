@@ -1,7 +1,10 @@
 """``python -m fastconvt size ...``: a transposed convolution's output size, or
-the ``output_padding`` that reaches a target size, with the arithmetic."""
+the ``output_padding`` that reaches a target size, with the arithmetic.
+``python -m fastconvt warmup [--dtype ...]``: compile the kernels now, with progress.
+``python -m fastconvt info``: versions, CPU, threads, products and caches."""
 import argparse
 import sys
+import time
 
 from . import sizes
 
@@ -39,7 +42,19 @@ def main(argv=None):
                         help="must be smaller than stride or dilation; default: 0")
     wanted.add_argument("--target", type=_size, metavar="N",
                         help="solve for the output_padding that gives this output size")
+    warmup = commands.add_parser("warmup", help="compile (or load) the kernels now",
+                                 description="Compile the kernels for each dtype now (or load "
+                                 "them from Numba's on-disk cache), printing progress.")
+    warmup.add_argument("--dtype", nargs="+", default=["float32", "float64"],
+                        choices=["float32", "float64", "complex64", "complex128"])
+    commands.add_parser("info", help="versions, CPU, threads, products and caches",
+                        description="What fastconvt runs on here, and whether its caches "
+                        "are warm.")
     args = parser.parse_args(argv)
+    if args.command == "warmup":
+        return _warmup(args.dtype)
+    if args.command == "info":
+        return _info()
     try:
         if args.target is None:
             output_padding = 0 if args.output_padding is None else args.output_padding
@@ -53,6 +68,50 @@ def main(argv=None):
         size.error(str(error))
     _print_arithmetic(args.input, args.kernel, args.stride, args.padding, output_padding,
                       args.dilation)
+    return 0
+
+
+def _warmup(dtypes):
+    from . import kernels
+
+    for dtype in dtypes:
+        print(f"{dtype}: compiling or loading the kernels ...", end=" ", flush=True)
+        start = time.perf_counter()
+        kernels.warmup((dtype,))
+        print(f"done in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _info():
+    from pathlib import Path
+
+    import numba
+    import torch
+
+    from . import __version__, _dispatch, _plans, kernels
+
+    machine = _plans.machine()
+    store = _plans.PlanStore()
+    plan_file = store.path()
+    plans = len(store._read(plan_file)) if plan_file.exists() else 0
+    cache = Path(numba.config.CACHE_DIR or Path(kernels.__file__).parent / "__pycache__")
+    cached = len(list(cache.rglob("*.nbi"))) if cache.is_dir() else 0
+    lines = [
+        ("fastconvt", __version__), ("torch", machine["torch"]),
+        ("numba", machine["numba"]), ("numpy", machine["numpy"]), ("cpu", machine["cpu"]),
+        ("threads", f"torch {torch.get_num_threads()}, numba {numba.get_num_threads()}"),
+        ("threading layer", f"{numba.config.THREADING_LAYER} (requested; Numba picks the one "
+                            "in use at the first parallel launch)"),
+        ("products", "torch.mm (" + ("MKL" if torch.backends.mkl.is_available() else "BLAS")
+         + ")" + (", oneDNN matmul" if _plans.onednn_available() else "")),
+        ("autotune", "on" if _dispatch._autotune else "off (the rule decides)"),
+        ("plan file", f"{plan_file} ({plans} plans)"),
+        ("numba cache", f"{cache} ({cached} kernels cached)" if kernels._config.CACHE
+         else "off (FASTCONVT_NO_CACHE)"),
+    ]
+    width = max(len(name) for name, _ in lines)
+    for name, value in lines:
+        print(f"{name:<{width}}  {value}")
     return 0
 
 

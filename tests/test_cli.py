@@ -2,6 +2,7 @@
 them (subprocesses, started together since each pays fastconvt's import time,
 outside the repository so the installed copy is used); the other cases through
 ``main(argv)`` in-process. Expected sizes come from torch's layer."""
+import re
 import subprocess
 import sys
 
@@ -128,3 +129,24 @@ def test_bad_arguments_exit_2(capsys, args, words):
     assert "usage: " in err
     for word in words:
         assert word in err
+
+
+def test_info_names_versions_cpu_threads_and_caches(capsys, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("FASTCONVT_CACHE_DIR", str(tmp_path))
+    code, out, err = _run(capsys, "info")
+    assert code == 0 and err == ""
+    fields = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in out.splitlines())
+    assert fields["torch"] == torch.__version__
+    assert fields["threads"].startswith(f"torch {torch.get_num_threads()}")
+    assert fields["plan file"].startswith(str(tmp_path)) and fields["plan file"].endswith(
+        "(0 plans)")
+    assert fields["numba cache"].endswith("kernels cached)") or fields["numba cache"].startswith(
+        "off")
+
+
+def test_warmup_reports_each_dtype(capsys):
+    code, out, err = _run(capsys, "warmup --dtype float64")
+    assert code == 0
+    assert out.startswith("float64: compiling or loading the kernels ... done in ")
