@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import fastconvt
+from fastconvt import _plans
 from conftest import assert_close, reference
 
 
@@ -56,10 +57,14 @@ def test_autotune_picks_a_family_and_keeps_results(dtype):
     x.requires_grad_()
     fastconvt.set_autotune(True)
     try:
+        measured = _plans.measurements()
         out = fastconvt.conv_transpose2d(x, w, stride=2, padding=1)
         (grad,) = torch.autograd.grad(out.sum(), x)
-        assert fastconvt.select_family(x, w, stride=2, padding=1) in ("direct", "gemm")
+        assert _plans.measurements() > measured  # the first calls measured their plans
+        measured = _plans.measurements()
         again = fastconvt.conv_transpose2d(x, w, stride=2, padding=1)
+        torch.autograd.grad(again.sum(), x)
+        assert _plans.measurements() == measured  # and later calls reuse them
     finally:
         fastconvt.set_autotune(False)
     ref = reference(x, w, stride=2, padding=1)
