@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from . import _torch_path
-from .functional import _check_types, _int, check_padding_mode, conv_transpose2d
+from .functional import _check_types, _int, conv_transpose2d
+from .modules import KernelsLayer
 
 
 def _single(name, value):
@@ -56,7 +57,7 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
     return out.squeeze(-2).contiguous()
 
 
-class ConvTranspose1d(torch.nn.ConvTranspose1d):
+class ConvTranspose1d(KernelsLayer, torch.nn.ConvTranspose1d):
     r"""Drop-in replacement for :class:`torch.nn.ConvTranspose1d` (a subclass that
     overrides :meth:`forward`, and the constructor only to accept the padding modes
     torch refuses; parameters, ``state_dict``, ``repr`` and argument checks are torch's).
@@ -67,20 +68,6 @@ class ConvTranspose1d(torch.nn.ConvTranspose1d):
         >>> m(torch.randn(1, 256, 100)).shape
         torch.Size([1, 128, 800])
     """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
-                 device=None, dtype=None):
-        check_padding_mode(padding_mode)
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                         groups, bias, dilation, "zeros", device=device, dtype=dtype)
-        self.padding_mode = padding_mode
-
-    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
-        if torch.jit.is_scripting():
-            # TorchScript cannot call Numba: a scripted layer runs torch's operators
-            return self._torch_forward(input, output_size)
-        return self._kernels_forward(input, output_size)
 
     def _torch_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         assert isinstance(self.padding, tuple)  # refines the type for TorchScript

@@ -1,7 +1,6 @@
 """``fastconvt.ConvTranspose2d``: torch's module, computed by fastconvt's kernels."""
-from typing import List, Optional
-
 import warnings
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -11,7 +10,28 @@ from . import _torch_path, sizes
 from .functional import check_padding_mode, conv_transpose2d
 
 
-class ConvTranspose2d(torch.nn.ConvTranspose2d):
+class KernelsLayer:
+    """What fastconvt's layers add to torch's (a mixin before torch's class, adding no
+    state): a constructor that also accepts the padding modes torch refuses, and a
+    ``forward`` on fastconvt's kernels (``_kernels_forward``), or under TorchScript,
+    which cannot call Numba, on torch's operators (``_torch_forward``)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
+                 device=None, dtype=None):
+        check_padding_mode(padding_mode)
+        # torch's constructor accepts only 'zeros'; build with it, then set the mode
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
+                         groups, bias, dilation, "zeros", device=device, dtype=dtype)
+        self.padding_mode = padding_mode
+
+    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if torch.jit.is_scripting():
+            return self._torch_forward(input, output_size)
+        return self._kernels_forward(input, output_size)
+
+
+class ConvTranspose2d(KernelsLayer, torch.nn.ConvTranspose2d):
     r"""Drop-in replacement for :class:`torch.nn.ConvTranspose2d`.
 
     A subclass that overrides :meth:`forward`, and the constructor only to accept
@@ -50,21 +70,6 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
         >>> m(torch.randn(1, 1, 4, 4), output_size=(8, 8)).shape
         torch.Size([1, 3, 8, 8])
     """
-
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
-                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
-                 device=None, dtype=None):
-        check_padding_mode(padding_mode)
-        # torch's constructor accepts only 'zeros'; build with it, then set the mode
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                         groups, bias, dilation, "zeros", device=device, dtype=dtype)
-        self.padding_mode = padding_mode
-
-    def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
-        if torch.jit.is_scripting():
-            # TorchScript cannot call Numba: a scripted layer runs torch's operators
-            return self._torch_forward(input, output_size)
-        return self._kernels_forward(input, output_size)
 
     def _torch_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         assert isinstance(self.padding, tuple)  # refines the type for TorchScript
