@@ -226,6 +226,7 @@ def plans_of(x_shape, w_shape, dtype, geometry, out_hw, layout=""):
 
 
 def _w_shape(map_name, operands, geometry, size):
+    """The weight shape of a map's layer (the weight correlation's output)."""
     if map_name == "weight_correlation":
         x, y = operands
         return (x.shape[1], y.shape[1] // geometry[3]) + tuple(size)
@@ -252,7 +253,7 @@ def _call_nchw(plan, map_name, operands, geometry, size, out):
     compute = getattr(kernels.FAMILIES[family], map_name)
     if family == "direct":
         return compute(*operands, *geometry, size, out=out)
-    kernel_hw = tuple(size if map_name == "weight_correlation" else operands[1].shape[2:])
+    kernel_hw = tuple(_w_shape(map_name, operands, geometry, size)[2:])
     gemm = _PRODUCTS[product]
     if form == "winograd" and map_name != "weight_correlation" and kernels.winograd.applies(
             kernel_hw, geometry[0], geometry[2], geometry[3]):
@@ -324,16 +325,14 @@ def _subpixel_fits(map_name, operands, geometry, size):
     """Whether the GEMM family's sub-pixel form of this map (its kernel padded where
     :func:`_plans.subpixel_kernel` pads it) keeps the workspace bound."""
     stride, padding, _, groups = geometry
+    w_shape = _w_shape(map_name, operands, geometry, size)
     if map_name == "conv_transpose2d":
-        x, w = operands[:2]
-        x_shape, w_shape, out_hw = x.shape, w.shape, size
+        x_shape, out_hw = operands[0].shape, size
     elif map_name == "conv2d":
-        y, w = operands
-        x_shape, w_shape, out_hw = (y.shape[0], w.shape[0]) + tuple(size), w.shape, y.shape[2:]
+        y = operands[0]
+        x_shape, out_hw = (y.shape[0], w_shape[0]) + tuple(size), y.shape[2:]
     else:
-        x, y = operands
-        x_shape, out_hw = x.shape, y.shape[2:]
-        w_shape = (x.shape[1], y.shape[1] // groups) + tuple(size)
+        x_shape, out_hw = operands[0].shape, operands[1].shape[2:]
     fits = kernels.gemm.subpixel_fits(x_shape, _subpixel_shape(w_shape, geometry), stride,
                                       padding, groups, out_hw, operands[0].itemsize)
     return fits[map_name != "conv_transpose2d"]
