@@ -23,13 +23,11 @@ def _np(t, channels_last=False):
     memory (the dispatcher picks the layout it computes in)."""
     if t is None:
         return None
-    if t.requires_grad:
-        t = t.detach()
     if t.is_complex():
         t = t.resolve_conj().resolve_neg()
-    if t.is_contiguous() or (channels_last and _is_channels_last(t)):
-        return t.numpy()
-    return t.contiguous().numpy()
+    if not (t.is_contiguous() or (channels_last and _is_channels_last(t))):
+        t = t.contiguous()
+    return t.numpy(force=False) if not t.requires_grad else t.detach().numpy()
 
 
 def _is_channels_last(t):
@@ -120,7 +118,12 @@ def _needs_graph(*tensors):
     a torch.func transform is active (their rules live on the Functions)."""
     if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
         return True
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if not torch.is_grad_enabled():
+        return False
+    for t in tensors:
+        if t is not None and t.requires_grad:
+            return True
+    return False
 
 
 def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros"):
@@ -209,7 +212,7 @@ def _save_operands(ctx, inputs, output):
     ctx.out_shape = output.shape
 
 
-class FoldBordersFunction(torch.autograd.Function):
+class FoldBordersFunction(_transforms.Function):
     """``(z (N, C, H + 2 ph, W + 2 pw), b, (ph, pw), mode) -> (N, C, H, W)``: every
     padded element added onto its source, then the bias."""
 
@@ -242,7 +245,7 @@ class FoldBordersFunction(torch.autograd.Function):
             lambda z, b: FoldBordersFunction.apply(z, b, padding, mode), in_dims[:2], z, b)
 
 
-class PadBordersFunction(torch.autograd.Function):
+class PadBordersFunction(_transforms.Function):
     """``(x (N, C, H, W), (ph, pw), mode) -> (N, C, H + 2 ph, W + 2 pw)``, as
     ``F.pad(x, (pw, pw, ph, ph), mode)``: the adjoint of the fold."""
 
@@ -268,7 +271,7 @@ class PadBordersFunction(torch.autograd.Function):
                                      (in_dims[0], None), x, None)
 
 
-class ConvTranspose2dFunction(torch.autograd.Function):
+class ConvTranspose2dFunction(_transforms.Function):
     """``(x (N, C_in, H, W), w, b, geometry, out_hw) -> (N, C_out, *out_hw)``"""
 
     @staticmethod
@@ -324,7 +327,7 @@ def _gradients(ctx, gy, periodic=False):
     return gx, gw, gb
 
 
-class PeriodicConvTranspose2dFunction(torch.autograd.Function):
+class PeriodicConvTranspose2dFunction(_transforms.Function):
     """``(x, w, b, geometry, out_hw, wrap) -> (N, C_out, *out_hw)``: the circular mode
     where the output is periodic in the input (:func:`_periodic_input_padding`).
     Forward: :func:`_periodic_conv_transpose2d`. Backward: the zeros-mode gradients
@@ -360,7 +363,7 @@ class PeriodicConvTranspose2dFunction(torch.autograd.Function):
                 x, w, b, geometry, out_hw, wrap), info, in_dims[:3], x, w, b, geometry)
 
 
-class Conv2dFunction(torch.autograd.Function):
+class Conv2dFunction(_transforms.Function):
     """``(y (N, C_out, H_out, W_out), w, geometry, in_hw) -> (N, C_in, *in_hw)``"""
 
     @staticmethod
@@ -394,7 +397,7 @@ class Conv2dFunction(torch.autograd.Function):
         return gy, gw, None, None
 
 
-class WeightCorrelationFunction(torch.autograd.Function):
+class WeightCorrelationFunction(_transforms.Function):
     """``(x (N, C_in, H, W), y (N, C_out, H_out, W_out), geometry, kernel_hw)
     -> (C_in, C_out // groups, *kernel_hw)``"""
 

@@ -10,6 +10,20 @@ Each rule calls the Functions again, so every transform composes with the others
 import torch
 
 
+class Function(torch.autograd.Function):
+    """torch's autograd Function without its per-call argument binding outside
+    torch.func transforms: with ``setup_context`` defined, torch binds every call's
+    arguments through ``inspect.signature`` (about 40 us, most of a small layer's
+    call) only to fill in defaults, and every call here passes all arguments.
+    (Dynamo never traces these Functions: compiled code gets :mod:`fastconvt._ops`.)"""
+
+    @classmethod
+    def apply(cls, *args):
+        if torch._C._are_functorch_transforms_active():
+            return super().apply(*args)
+        return super(torch.autograd.Function, cls).apply(*args)
+
+
 def batched(t, dim, size):
     """``t`` with its vmapped dimension first (expanded to ``size`` if it has none)."""
     return t.expand(size, *t.shape) if dim is None else t.movedim(dim, 0)

@@ -74,7 +74,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
     key = _call_key(input, weight, bias, stride, padding, output_padding, groups, dilation,
                     padding_mode)
     prepared = _calls.get(key) if key is not None else None
-    if prepared is not None and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
+    if prepared is not None and not torch.jit.is_tracing():  # (a key: not compiling)
         return _run_prepared(input, weight, bias, padding_mode, *prepared)
     check_padding_mode(padding_mode)
     # a trace records torch operators and cannot see what Numba writes: it gets
@@ -145,6 +145,7 @@ def _autocast(input, weight, bias):
 _calls = {}
 _MAX_CALLS = 1024
 _PLAIN = (torch.Tensor, torch.nn.Parameter)  # no __torch_function__ of their own
+_STRIDED = torch.strided
 
 
 def _call_key(input, weight, bias, *args):
@@ -152,23 +153,27 @@ def _call_key(input, weight, bias, *args):
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return None  # Dynamo traces through caches; wrapped tensors have no strides to key on
     if type(input) not in _PLAIN or type(weight) not in _PLAIN or not (
-            input.is_cpu and weight.is_cpu and input.layout == weight.layout == torch.strided):
+            input.is_cpu and weight.is_cpu) or input.layout is not _STRIDED \
+            or weight.layout is not _STRIDED:
         return None
     if bias is None:
         b = None
-    elif type(bias) in _PLAIN and bias.is_cpu and bias.layout == torch.strided:
+    elif type(bias) in _PLAIN and bias.is_cpu and bias.layout is _STRIDED:
         b = (bias.dtype, bias.shape, bias.stride())
     else:
         return None
     for v in args[:5]:
-        if type(v) is not int:
-            if type(v) is not tuple:
-                return None
-            for e in v:
-                if type(e) is not int:
-                    return None
+        if type(v) is not int and not (type(v) is tuple and _all_ints(v)):
+            return None
     return (input.dtype, input.shape, input.stride(), weight.dtype, weight.shape,
             weight.stride(), b) + args
+
+
+def _all_ints(values):
+    for v in values:
+        if type(v) is not int:
+            return False
+    return True
 
 
 def _run_prepared(input, weight, bias, padding_mode, unbatched, geometry, out_hw,

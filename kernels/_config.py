@@ -28,6 +28,8 @@ CHUNKS_PER_THREAD = 4
 
 _forked_child = False
 _workqueue_lock = threading.Lock()
+# per Python thread: the thread count on_threads asked for (launch applies it)
+_wanted = threading.local()
 
 
 def _note_fork():
@@ -66,15 +68,26 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
     if use_parallel is False or (use_parallel is None and (work < PARALLEL_MIN_WORK
                                                            or n_jobs < 2)):
         return serial(*args, 0, n_jobs)  # no thread-count query: it costs ~1 us
-    threads = numba.get_num_threads()
+    threads = getattr(_wanted, "threads", None) or numba.get_num_threads()
     if use_parallel is None and (threads < 2 or (_forked_child
                                                  and _threading_layer() == "omp")):
         return serial(*args, 0, n_jobs)
     n_chunks = min(n_jobs, CHUNKS_PER_THREAD * threads)
     if _threading_layer() in (None, "workqueue"):
         with _workqueue_lock:
-            return parallel(*args, n_chunks)
-    return parallel(*args, n_chunks)
+            return _on_numba_threads(threads, parallel, *args, n_chunks)
+    return _on_numba_threads(threads, parallel, *args, n_chunks)
+
+
+def _on_numba_threads(n, call, *args):
+    previous = numba.get_num_threads()
+    if n == previous:
+        return call(*args)
+    numba.set_num_threads(n)
+    try:
+        return call(*args)
+    finally:
+        numba.set_num_threads(previous)
 
 
 class _CompileCounter(numba.core.event.Listener):
@@ -101,34 +114,25 @@ def compilations():
 
 
 def on_threads(n, call, *args):
-    """``call(*args)`` with Numba parallel regions on ``n`` threads (as
-    :func:`num_threads`, without a context manager's cost on every call)."""
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    previous = numba.get_num_threads()
-    if n == previous:
-        return call(*args)
-    numba.set_num_threads(n)
+    """``call(*args)`` with the parallel regions it launches on ``n`` threads (as
+    :func:`num_threads`, without a context manager's cost; a serial kernel, most
+    small calls, never pays for setting Numba's thread count)."""
+    previous = getattr(_wanted, "threads", None)
+    _wanted.threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     try:
         return call(*args)
     finally:
-        numba.set_num_threads(previous)
+        _wanted.threads = previous
 
 
 @contextmanager
 def num_threads(n):
-    """Run Numba parallel regions on ``n`` threads (capped at Numba's pool
-    size) inside the block; restore the caller's setting afterwards.
-
-    ``numba.set_num_threads`` is per calling thread, so this never changes
-    what another Python thread sees.
-    """
-    n = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
-    previous = numba.get_num_threads()
-    if n == previous:
-        yield
-        return
-    numba.set_num_threads(n)
+    """Run the kernels' parallel regions on ``n`` threads (capped at Numba's pool
+    size) inside the block; restore the caller's setting afterwards. Per Python
+    thread, like ``numba.set_num_threads``: another thread never sees it."""
+    previous = getattr(_wanted, "threads", None)
+    _wanted.threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     try:
         yield
     finally:
-        numba.set_num_threads(previous)
+        _wanted.threads = previous

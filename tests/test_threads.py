@@ -94,3 +94,31 @@ def test_concurrent_python_threads_in_process(dtype):
     assert len(results) == 40
     for out in results:
         assert_close(out, ref, dtype)
+
+
+def test_parallel_regions_run_on_the_requested_thread_count():
+    """``on_threads``/``num_threads`` reach the kernels' parallel regions (Numba's own
+    count is set only around them and restored), and a one-thread request runs the
+    serial kernel."""
+    import numba
+
+    from fastconvt.kernels import _config, num_threads, on_threads
+
+    ran = []
+    serial = lambda *args: ran.append(("serial", numba.get_num_threads()))  # noqa: E731
+    parallel = lambda *args: ran.append(("parallel", numba.get_num_threads()))  # noqa: E731
+    work = _config.PARALLEL_MIN_WORK
+    before = numba.get_num_threads()
+    on_threads(1, _config.launch, serial, parallel, (), 8, work)
+    with num_threads(1):
+        _config.launch(serial, parallel, (), 8, work)
+    assert [r[0] for r in ran] == ["serial", "serial"]
+    if numba.config.NUMBA_NUM_THREADS >= 2:
+        numba.set_num_threads(1)
+        try:
+            on_threads(2, _config.launch, serial, parallel, (), 8, work)
+            assert ran[-1] == ("parallel", 2)
+            assert numba.get_num_threads() == 1
+        finally:
+            numba.set_num_threads(before)
+    assert numba.get_num_threads() == before
