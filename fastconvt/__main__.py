@@ -94,7 +94,7 @@ def _info():
     store = _plans.PlanStore()
     plan_file = store.path()
     plans = len(store._read(plan_file)) if plan_file.exists() else 0
-    cache = Path(numba.config.CACHE_DIR or Path(kernels.__file__).parent / "__pycache__")
+    cache = Path(kernels._config.CACHE_PATH or ".")
     cached = len(list(cache.rglob("*.nbi"))) if cache.is_dir() else 0
     lines = [
         ("fastconvt", __version__), ("torch", machine["torch"]),
@@ -107,7 +107,7 @@ def _info():
         ("autotune", "on" if _dispatch._autotune else "off (the rule decides)"),
         ("plan file", f"{plan_file} ({plans} plans)"),
         ("numba cache", f"{cache} ({cached} kernels cached)" if kernels._config.CACHE
-         else "off (FASTCONVT_NO_CACHE)"),
+         else "off (FASTCONVT_NO_CACHE, or no writable folder)"),
     ]
     width = max(len(name) for name, _ in lines)
     for name, value in lines:

@@ -9,8 +9,11 @@ multiplies (F(2x2, 3x3)). ``nhwc`` computes the three maps on channels-last (NHW
 modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import borders, direct, gemm, nhwc, winograd
+from . import _cache, borders, direct, gemm, nhwc, winograd
 from ._config import compilations, num_threads, on_threads
+
+for _module in (borders, direct, gemm, nhwc, winograd):
+    _cache.harden(_module)
 
 __all__ = ["borders", "direct", "gemm", "nhwc", "winograd", "FAMILIES", "compilations",
            "num_threads", "on_threads", "warmup"]

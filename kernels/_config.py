@@ -4,8 +4,8 @@
 and ignoring the sign of zero, but never ``nnan``/``ninf``: a NaN or Inf in
 the input reaches the output exactly as it does in PyTorch.
 
-``CACHE`` is Numba's on-disk cache; set ``FASTCONVT_NO_CACHE=1`` to turn it off
-(``NUMBA_CACHE_DIR`` relocates it, e.g. for a read-only site-packages).
+``CACHE`` is Numba's on-disk cache (in ``CACHE_PATH``, see :mod:`._cache`); set
+``FASTCONVT_NO_CACHE=1`` to turn it off (``NUMBA_CACHE_DIR`` relocates it).
 
 Every kernel comes as a serial function over a range of independent jobs plus a
 ``prange`` driver over contiguous ranges of them; :func:`launch` picks one per call.
@@ -17,8 +17,18 @@ from contextlib import contextmanager
 import numba
 import numba.core.event
 
+from . import _cache
+
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
-CACHE = os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0")
+# Numba's on-disk cache, in a folder named for what defines the kernels (_cache)
+CACHE_PATH = _cache.cache_path(_cache.kernels_version((sorted(FASTMATH), "nogil"))) \
+    if os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0") else None
+CACHE = CACHE_PATH is not None
+if not CACHE and os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0"):
+    _cache.log.warning("fastconvt: no writable folder for compiled kernels (NUMBA_CACHE_DIR, "
+                       "the package's __pycache__, ~/.cache); kernels compile in memory, "
+                       "in every process")
+_cache.use(CACHE_PATH)
 JIT = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 DTYPES = ("float32", "float64", "complex64", "complex128")
 # Below this many multiply-adds a parallel region costs more than it saves.
