@@ -34,7 +34,7 @@ from hypothesis import given, settings, strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
-from conftest import RTOL, assert_close, with_layout
+from conftest import PLANS, RTOL, assert_close, plan_id, with_layout
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
@@ -450,24 +450,39 @@ def test_select_family_computes(dtype):
                 assert fastconvt.select_family(x, weight, **kw) == family
 
 
-def _torch_conv_forbidden(*args, **kwargs):
-    raise AssertionError("fastconvt delegated to torch's conv_transpose2d")
+def _forbidden(name):
+    def call(*args, **kwargs):
+        raise AssertionError(f"fastconvt delegated to torch's {name}")
+    return call
 
 
-@pytest.mark.parametrize("dtype", NEW_DTYPES, ids=_name)
-def test_not_delegated_to_torch(dtype, monkeypatch):
-    """Forward and backward run with torch's transposed convolution unavailable."""
-    monkeypatch.setattr(F, "conv_transpose2d", _torch_conv_forbidden)
-    monkeypatch.setattr(torch, "conv_transpose2d", _torch_conv_forbidden)
-    for name in ("groups", "stride2-op"):
-        x, weight, b, kw = _case_tensors(CASES[name], dtype)
-        leaves = [t.requires_grad_() for t in (x, weight, b)]
-        out = fastconvt.conv_transpose2d(*leaves, **kw)
-        assert out.dtype == dtype
-        grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
-        assert all(g.dtype == dtype for g in grads)
-    m = fastconvt.ConvTranspose2d(**MODULE_ARGS, dtype=dtype)
-    assert m(_randn((1, 6, 3, 3), dtype, torch.Generator())).dtype == dtype
+# every torch entry point that computes a convolution, a fold or an unfold
+_TORCH_CONVOLUTIONS = [(F, name) for name in ("conv_transpose2d", "conv2d", "fold", "unfold")] \
+    + [(torch, name) for name in ("conv_transpose2d", "conv2d", "convolution")] \
+    + [(torch._C._nn, name) for name in ("col2im", "im2col")]
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=plan_id)
+@pytest.mark.parametrize("dtype", (torch.float32, torch.float64) + NEW_DTYPES, ids=_name)
+def test_not_delegated_to_torch(dtype, plan, monkeypatch):
+    """Forward and both gradients, in both memory formats and padding modes, run with
+    every torch convolution unavailable: each dtype the kernels compute, each plan."""
+    for owner, name in _TORCH_CONVOLUTIONS:
+        monkeypatch.setattr(owner, name, _forbidden(name))
+    with fastconvt.use_family(*plan):
+        for name in ("groups", "stride2-op"):
+            x, weight, b, kw = _case_tensors(CASES[name], dtype)
+            for channels_last in (False, True):
+                for mode in ("zeros", "circular"):
+                    leaves = [t.detach().clone().requires_grad_() for t in (
+                        x.contiguous(memory_format=torch.channels_last) if channels_last
+                        else x, weight, b)]
+                    out = fastconvt.conv_transpose2d(*leaves, **kw, padding_mode=mode)
+                    assert out.dtype == dtype
+                    grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+                    assert all(g.dtype == dtype for g in grads)
+        m = fastconvt.ConvTranspose2d(**MODULE_ARGS, dtype=dtype)
+        assert m(_randn((1, 6, 3, 3), dtype, torch.Generator())).dtype == dtype
 
 
 # ---------------------------------------------------------------------------

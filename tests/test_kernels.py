@@ -171,12 +171,23 @@ def test_read_only_arrays(form):
             np.testing.assert_array_equal(got, want)
 
 
+def _products():
+    """The GEMM family's products: NumPy's (the kernels' default) and the ones the
+    dispatcher passes (torch.mm, oneDNN's where available)."""
+    from fastconvt import _dispatch, _plans
+
+    return {"numpy": kernels.gemm.numpy_gemm, "torch-mm": _dispatch.torch_gemm,
+            **({"onednn": _dispatch.onednn_gemm} if _plans.onednn_available() else {})}
+
+
+@pytest.mark.parametrize("product", list(_products()))
 @pytest.mark.parametrize("workspace_bytes", [1, 600], ids=["one-channel", "few-images"])
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(problem=geometries())
-def test_gemm_chunks(workspace_bytes, problem):
+def test_gemm_chunks(workspace_bytes, product, problem):
     """Small workspaces split the batch into chunks, and a single image's products
-    into blocks of output channels; results do not change."""
+    into blocks of output channels; results do not change, with every product."""
+    gemm = _products()[product]
     geometry, shapes, dtype = problem
     x, w, y, b = _arrays(geometry, shapes, dtype)
     g = kernels.gemm
@@ -188,8 +199,9 @@ def test_gemm_chunks(workspace_bytes, problem):
     for name, args, size in [("conv_transpose2d", (x, w, b), shapes["out_hw"]),
                              ("conv2d", (y, w), shapes["size"]),
                              ("weight_correlation", (x, y), shapes["kernel"])]:
-        whole = getattr(g, name)(*args, *geometry, size)
-        chunked = getattr(g, name)(*args, *geometry, size, workspace_bytes=workspace_bytes)
+        whole = getattr(g, name)(*args, *geometry, size, gemm=gemm)
+        chunked = getattr(g, name)(*args, *geometry, size, workspace_bytes=workspace_bytes,
+                                   gemm=gemm)
         bound = np.abs(whole).max() if whole.size else 0.0
         _close(chunked, whole.astype(np.float64), dtype, bound * 10)
 
