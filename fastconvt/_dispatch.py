@@ -164,7 +164,7 @@ def _rule(key, out_shape):
 def _planned(key, out_shape, tune=None, final=True):
     """The plan of ``key``: forced, else remembered (this process, then the plan
     file), else measured by ``tune()`` where autotuning is on and there is a
-    ``tune``, else the rule's. ``final=False`` (a question, not a call) leaves
+    ``tune`` (returning None where there is nothing to time), else the rule's. ``final=False`` (a question, not a call) leaves
     a configuration not yet measured to be measured on its first call."""
     forced = _forced.get()
     if kernels._config.forked_child():
@@ -189,7 +189,8 @@ def _planned(key, out_shape, tune=None, final=True):
         plan = stored = _store.get(text)
         if plan is None and tune is not None:
             plan = tune()
-            _store.put(text, plan)
+            if plan is not None:
+                _store.put(text, plan)
     if plan is None:
         plan = _rule(key, out_shape)
     if final or stored is not None:
@@ -304,6 +305,8 @@ def run(map_name, operands, geometry, size, out):
         plans = [p for p in plans
                  if (p[1] != "subpixel" or _subpixel_fits(map_name, operands, geometry, size))
                  and (p[1] != "nhwc" or _nhwc_applies(map_name, operands, geometry, size))]
+        if len(plans) < 2:
+            return None  # nothing to time: the rule's plan, not stored
         one = _first_image(map_name, operands, out)
         return _plans.measure(lambda p: _call(p, map_name, operands, geometry, size, out),
                               plans, lambda p: _call(p, map_name, one[0], geometry, size,
@@ -392,6 +395,8 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
                                           gy.shape[2:], x.itemsize)[1]
         plans = [p for p in plans
                  if (p[1] != "subpixel" or fits) and (p[1] != "nhwc" or nhwc)]
+        if len(plans) < 2:
+            return None
         return _plans.measure(call, plans, lambda p: call(p, 1))[0]
 
     # the periodic backward has no separate form here (its maps read a padded gy)

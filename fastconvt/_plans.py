@@ -56,6 +56,13 @@ WINOGRAD = os.environ.get("FASTCONVT_WINOGRAD", "1") not in ("0", "")
 FORMAT = 5
 # configurations remembered per process, and per plan file
 MAX_PLANS = 4096
+# Below this many multiply-adds a map costs microseconds whatever the plan: the rule
+# decides, and nothing is timed or written (a workload of ever-new small shapes
+# would otherwise time and store each). oneDNN's product is a candidate from
+# ONEDNN_MIN_WORK on: it compiles and keeps code per product shape (LRU caches of
+# 1024 entries holding up to ~1 GiB), which pays only for large products.
+MEASURE_MIN_WORK = 1 << 20
+ONEDNN_MIN_WORK = 1 << 22
 
 
 def rule_family(w_shape, groups):
@@ -84,7 +91,11 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
         w_shape = (x_shape[1], y_shape[1] // groups) + tuple(size)
     else:
         w_shape = operand_shapes[1]
-    products = ["mm"] + (["onednn"] if onednn_available() and dtype == np.float32 else [])
+    work = _work(map_name, operand_shapes, w_shape, size)
+    if work < MEASURE_MIN_WORK:
+        return [rule]
+    products = ["mm"] + (["onednn"] if onednn_available() and dtype == np.float32
+                         and work >= ONEDNN_MIN_WORK else [])
     forms = ["columns"] + (["nhwc"] if np.dtype(dtype).kind == "f" else [])
     if subpixel_kernel(w_shape[2:], stride, dilation) is not None:
         forms.append("subpixel")
@@ -100,6 +111,14 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     if map_name == "backward":
         plans.append(("separate", "", ""))
     return list(dict.fromkeys(plans))  # the rule's plan once, first
+
+
+def _work(map_name, operand_shapes, w_shape, size):
+    """Multiply-adds of one map of the layer (its input's pixels times the weight's
+    size; the conv2d map's operand is the layer's output and ``size`` its input's)."""
+    first = operand_shapes[0]
+    pixels = first[2] * first[3] if map_name != "conv2d" else size[0] * size[1]
+    return first[0] * pixels * math.prod(w_shape)
 
 
 def subpixel_kernel(kernel_hw, stride, dilation):

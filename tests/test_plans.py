@@ -16,8 +16,10 @@ from fastconvt import _dispatch, _plans
 
 @pytest.fixture
 def measuring(tmp_path, monkeypatch):
-    """Autotuning on, with a fresh plan directory; off again afterwards."""
+    """Autotuning on, with a fresh plan directory, for layers of any size (the small
+    ones here would not be timed); off again afterwards."""
     monkeypatch.setenv("FASTCONVT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(_plans, "MEASURE_MIN_WORK", 0)
     fastconvt.set_autotune(True)
     yield tmp_path
     fastconvt.set_autotune(False)
@@ -71,6 +73,28 @@ def test_a_new_process_reads_the_plans_instead_of_measuring(measuring, monkeypat
         fastconvt.conv_transpose2d(x, w, **kw)
     assert [tuple(p) for p in stored.values()] == [
         p for k, p in _dispatch._choices.items() if json.dumps(k) in stored]
+
+
+def test_small_layers_take_the_rule_untimed_and_unstored(measuring, monkeypatch):
+    """A layer below MEASURE_MIN_WORK multiply-adds per map is not timed and leaves
+    no plan file (ever-new small shapes cost nothing); oneDNN's product is a
+    candidate only from ONEDNN_MIN_WORK on."""
+    monkeypatch.undo()
+    monkeypatch.setenv("FASTCONVT_CACHE_DIR", str(measuring))
+    fastconvt.set_autotune(True)
+    monkeypatch.setattr(_plans, "measure", lambda *a, **k: pytest.fail("measured"))
+    x, w, kw = _layer()  # 3 * 5 * 5 * 16 * 8 * 4 * 4 multiply-adds
+    assert 3 * 5 * 5 * w.numel() < _plans.MEASURE_MIN_WORK
+    fastconvt.conv_transpose2d(x, w, **kw).sum().backward()
+    assert not list(measuring.glob("plans-*.json"))
+    geometry = ((2, 2), (1, 1), (1, 1), 1)
+    rule = ("gemm", "", "mm")
+    for batch, onednn in ((32, False), (128, True)):  # 1.6M and 6.6M multiply-adds
+        shapes = ((batch, 16, 5, 5), (16, 8, 4, 4))
+        plans = _plans.candidates("conv_transpose2d", np.float32, shapes, geometry, (10, 10),
+                                  rule)
+        assert len(plans) > 1
+        assert any(p[2] == "onednn" for p in plans) == (onednn and _plans.onednn_available())
 
 
 def test_measure_picks_the_fastest_and_drops_the_hopeless():
@@ -128,6 +152,7 @@ def test_an_unwritable_cache_keeps_plans_in_memory(tmp_path, monkeypatch, caplog
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setenv("FASTCONVT_CACHE_DIR", str(blocker / "sub"))  # cannot be created
+    monkeypatch.setattr(_plans, "MEASURE_MIN_WORK", 0)
     fastconvt.set_autotune(True)
     try:
         x, w, kw = _layer()
