@@ -3,6 +3,8 @@
 #   make test    regular (non-editable) install into $(VENV), then pytest
 #   make bench   install the [bench] extra into $(VENV), then python -m bench
 #   make dev     editable install with [test,bench] into $(VENV)
+#   make fuzz    differential fuzzing against torch for FUZZ_MINUTES (failures: tests/fuzz_corpus/)
+#   make soak    a SOAK_STEPS-step training run: RSS, threads and caches must not drift
 #   make clean   remove $(VENV) and build artefacts
 #
 # Override on the command line, e.g.  make test VENV=/tmp/venv-ci PYTEST_ARGS="-k direct -x"
@@ -15,6 +17,8 @@ VENV        ?= .venv
 TORCH       ?= torch==2.13.0
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
+FUZZ_MINUTES ?= 10
+SOAK_STEPS  ?= 10000
 
 VPY := $(VENV)/bin/python
 PIP := $(VPY) -m pip
@@ -26,7 +30,7 @@ TORCH_STAMP := $(VENV)/.stamp-torch-$(subst /,_,$(subst <,lt,$(subst >,gt,$(subs
 # packaging metadata changes.
 META := setup.cfg pyproject.toml
 
-.PHONY: test bench dev clean
+.PHONY: test bench dev clean fuzz soak
 .DELETE_ON_ERROR:
 
 $(VPY):
@@ -73,6 +77,15 @@ test: $(VENV)/.stamp-test-deps
 bench: $(VENV)/.stamp-bench-deps
 	$(install-project)
 	$(VPY) -P -c "import runpy, sys; sys.path.append('.'); runpy.run_module('bench', run_name='__main__', alter_sys=True)" $(BENCH_ARGS)
+
+# The long runs, off the default suite, on the installed copy like `make test`.
+fuzz: $(VENV)/.stamp-test-deps
+	$(install-project)
+	$(abspath $(VPY)) -P -W ignore tests/fuzzing.py $(FUZZ_MINUTES)
+
+soak: $(VENV)/.stamp-test-deps
+	$(install-project)
+	$(abspath $(VPY)) -P tests/soak.py $(SOAK_STEPS)
 
 dev: $(TORCH_STAMP)
 	rm -rf build

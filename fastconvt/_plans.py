@@ -62,6 +62,7 @@ MAX_PLANS = 4096
 # ONEDNN_MIN_WORK on: it compiles and keeps code per product shape (LRU caches of
 # 1024 entries holding up to ~1 GiB), which pays only for large products.
 MEASURE_MIN_WORK = 1 << 20
+DIRECT_MAX_TERMS = 256
 ONEDNN_MIN_WORK = 1 << 22
 
 
@@ -97,15 +98,21 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     products = ["mm"] + (["onednn"] if onednn_available() and dtype == np.float32
                          and work >= ONEDNN_MIN_WORK else [])
     forms = ["columns"] + (["nhwc"] if np.dtype(dtype).kind == "f" else [])
-    if subpixel_kernel(w_shape[2:], stride, dilation) is not None:
+    # (at stride 1 the sub-pixel form is one product per tap, summed in float32 after
+    # them: over twice torch's float32 error on a 3x3 layer, for no speed the column
+    # form lacks)
+    if subpixel_kernel(w_shape[2:], stride, dilation) is not None and tuple(stride) != (1, 1):
         forms.append("subpixel")
     if (WINOGRAD and map_name in ("conv_transpose2d", "conv2d") and np.dtype(dtype).kind == "f"
             and kernels.winograd.applies(w_shape[2:], stride, dilation, groups)):
         forms.append("winograd")
     # the direct kernels have no register blocking: where the products are large in
-    # both dimensions they are several times slower, and timing them costs seconds
-    direct = rule[0] == "direct" or min(w_shape[0] // groups,
-                                        w_shape[1] * w_shape[2] * w_shape[3]) < 64
+    # both dimensions they are several times slower, and timing them costs seconds;
+    # and they sum each output's C_in/groups * kH * kW terms in sequence, in float32:
+    # from 256 terms on, over twice the error of torch's blocked sums
+    c_in_g = w_shape[0] // groups
+    direct = rule[0] == "direct" or (min(c_in_g, w_shape[1] * w_shape[2] * w_shape[3]) < 64
+                                     and c_in_g * w_shape[2] * w_shape[3] < DIRECT_MAX_TERMS)
     plans = [rule] + ([("direct", "", "")] if direct and map_name != "backward" else [])
     plans += [("gemm", form, product) for product in products for form in forms]
     if map_name == "backward":

@@ -317,9 +317,10 @@ def _uses_kernels(input, weight, bias, dtypes=_KERNEL_DTYPES):
     return True
 
 
-def _int(name, value, what="int"):
-    """``value`` as a Python int, rejecting what torch's argument parser rejects."""
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
+def _int(name, value, what="int", bool_ok=False):
+    """``value`` as a Python int, rejecting what torch's argument parser rejects (which
+    types a sequence by its first element: a bool is accepted after it)."""
+    if (isinstance(value, bool) and not bool_ok) or not hasattr(value, "__index__"):
         raise TypeError(f"conv_transpose2d(): argument '{name}' must be {what}, "
                         f"not {type(value).__name__}")
     value = operator.index(value)
@@ -333,14 +334,14 @@ def _check_types(stride, padding, output_padding, groups, dilation):
     _int("groups", groups)
     for name, value in (("stride", stride), ("padding", padding),
                         ("output_padding", output_padding), ("dilation", dilation)):
-        for v in (tuple(value) if isinstance(value, (tuple, list)) else (value,)):
-            _int(name, v, "tuple of ints")
+        for i, v in enumerate(tuple(value) if isinstance(value, (tuple, list)) else (value,)):
+            _int(name, v, "tuple of ints", bool_ok=i > 0)
 
 
 def _pair(name, value):
     """An int or a sequence of one or two ints, as a pair (torch's IntArrayRef[2])."""
     values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    values = tuple(_int(name, v, "tuple of ints") for v in values)
+    values = tuple(_int(name, v, "tuple of ints", bool_ok=i > 0) for i, v in enumerate(values))
     if len(values) == 1:
         return values * 2
     if len(values) != 2:
@@ -361,18 +362,23 @@ def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, out
         raise RuntimeError("non-positive stride is not supported")
     if min(padding) < 0:
         raise RuntimeError("negative padding is not supported")
+    for d, p in enumerate(padding):  # torch's guard against int64 overflow of 2 * padding
+        if p > 2 ** 62 - 1:
+            raise RuntimeError(f"Given padding={p} at dimension {d} , expected padding to be "
+                               f"at most {2 ** 62 - 1}")
     if min(output_padding) < 0:
         raise RuntimeError("negative output_padding is not supported")
     if min(dilation) <= 0:
         raise RuntimeError(f"dilation should be greater than zero, but got dilation_height: "
                            f"{dilation[0]}, dilation_width: {dilation[1]}")
+    if input_shape[0] > 0 and (max(stride) >= 2 ** 31 or max(dilation) >= 2 ** 31):
+        raise RuntimeError(f"stride and dilation must be below 2**31 (torch's kernels read them "
+                           f"as 32-bit ints), but got stride={list(stride)}, "
+                           f"dilation={list(dilation)}")
     if weight_shape[0] == 0 or weight_shape[0] % groups:
         raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} "
                            f"at dimension 0 and non-empty, but got weight of size "
                            f"{list(weight_shape)} instead")
-    if weight_shape[1] == 0 or min(weight_shape[2:]) <= 0:
-        raise RuntimeError(f"non-empty weight expected (C_out // groups and the kernel size "
-                           f"must be positive), but got weight of size {list(weight_shape)}")
     if input_shape[1] != weight_shape[0]:
         raise RuntimeError(f"Given transposed=1, weight of size {list(weight_shape)}, expected "
                            f"input{list(input_shape)} to have {weight_shape[0]} channels, but got "
@@ -382,7 +388,15 @@ def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, out
         raise RuntimeError(f"Given transposed=1, weight of size {list(weight_shape)}, expected "
                            f"bias to be 1-dimensional with {out_channels} elements, but got bias "
                            f"of size {list(bias_shape)} instead")
-    if any(op >= max(s, d) for op, s, d in zip(output_padding, stride, dilation)):
+    if weight_shape[1] == 0 or min(weight_shape[2:]) <= 0:
+        if input_shape[0] == 0:  # torch's empty-batch path reads the weight's first value
+            raise IndexError("select(): index 0 out of range for tensor of size [0] at "
+                             "dimension 0")
+        raise RuntimeError(f"non-empty weight expected (C_out // groups and the kernel size "
+                           f"must be positive), but got weight of size {list(weight_shape)}")
+    # (torch's empty-batch path returns without checking output_padding)
+    if input_shape[0] > 0 and any(op >= max(s, d) for op, s, d in zip(output_padding, stride,
+                                                                      dilation)):
         raise RuntimeError(
             "output padding must be smaller than either stride or dilation, but got "
             f"output_padding_height: {output_padding[0]} output_padding_width: "
@@ -395,6 +409,9 @@ def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, out
         (i - 1) * s - 2 * p + d * (k - 1) + op + 1
         for i, s, p, d, k, op in zip(input_shape[2:], stride, padding, dilation,
                                      weight_shape[2:], output_padding))
+    if max(out_hw) >= 2 ** 63:  # torch computes sizes in int64
+        raise RuntimeError(f"IntArrayRef contains an int that cannot be represented as a "
+                           f"SymInt: the output size {list(out_hw)} overflows int64")
     if min(out_hw) <= 0:
         raise RuntimeError(
             f"Given input size per channel: ({input_shape[2]} x {input_shape[3]}). Calculated "

@@ -163,10 +163,11 @@ def _output_padding(input, output_size, stride, padding, kernel_size, dilation):
     if len(output_size) != 2:
         raise ValueError(f"ConvTranspose2D: for {input.dim()}D input, output_size must have 2 "
                          f"or {non_spatial + 2} elements (got {len(output_size)})")
-    input.size(non_spatial + 1)  # an IndexError for a 2-D input, as in torch
+    # per dimension in torch's order, so a 2-D input or a garbage geometry raises
+    # torch's error (IndexError, TypeError) first
+    ranges = [_size_range(input.size(non_spatial + j), kernel_size[j], stride[j], padding[j],
+                          dilation[j]) for j in range(2)]
     in_sizes = input.shape[non_spatial:]
-    ranges = [_size_range(i, k, s, p, d)
-              for i, k, s, p, d in zip(in_sizes, kernel_size, stride, padding, dilation)]
     if any(not lo <= size <= hi for size, (lo, hi) in zip(output_size, ranges)):
         min_sizes, max_sizes = ([r[j] for r in ranges] for j in (0, 1))
         raise ValueError(f"requested an output size of {output_size}, but valid sizes range "
@@ -179,9 +180,12 @@ def _size(i, k, s, p, op, d):
 
 
 def _size_range(i, k, s, p, d):
-    """The smallest and largest sizes ``output_padding`` (0 to ``max(s, d) - 1``) reaches."""
+    """The smallest and largest sizes ``output_padding`` (0 to ``max(s, d) - 1``) reaches;
+    torch's range (to ``s - 1``) for a stride or dilation that is not a positive int,
+    whose ValueError torch raises before the layer rejects the geometry."""
     lo = _size(i, k, s, p, 0, d)
-    return lo, lo + max(s, d) - 1
+    valid = type(s) is int and type(d) is int and s > 0 and d > 0
+    return lo, lo + (max(s, d) if valid else s) - 1
 
 
 def _formula(i, k, s, p, op, d):

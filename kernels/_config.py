@@ -70,8 +70,8 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
     result.
 
     ``use_parallel=None`` decides: parallel only for enough work, more than one
-    job and more than one thread, and never in a process forked from one whose
-    GNU OpenMP pool is running (libgomp cannot run parallel regions there).
+    job and more than one thread, and never in a forked child whose Numba layer is
+    GNU OpenMP or not yet started (libgomp cannot start a pool there after torch's).
     The workqueue layer aborts on concurrent launches, so they are serialised
     while the layer is workqueue or not yet known.
     """
@@ -79,8 +79,9 @@ def launch(serial, parallel, args, n_jobs, work, use_parallel=None):
                                                            or n_jobs < 2)):
         return serial(*args, 0, n_jobs)  # no thread-count query: it costs ~1 us
     threads = getattr(_wanted, "threads", None) or numba.get_num_threads()
+    # (in a forked child a layer not yet started could be GNU OpenMP: serial too)
     if use_parallel is None and (threads < 2 or (_forked_child
-                                                 and _threading_layer() == "omp")):
+                                                 and _threading_layer() in ("omp", None))):
         return serial(*args, 0, n_jobs)
     n_chunks = min(n_jobs, CHUNKS_PER_THREAD * threads)
     if _threading_layer() in (None, "workqueue"):

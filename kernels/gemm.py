@@ -451,8 +451,10 @@ def chunking(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes
     hw, kk = in_hw[0] * in_hw[1], kernel_hw[0] * kernel_hw[1]
     per_image = (c_in + c_out_g * kk) * hw
     if per_image <= budget:
-        return max(1, min(n_batch, min(budget, CHUNK_BYTES // itemsize) // per_image)), c_out_g
-    return 1, max(1, min(c_out_g, (budget - c_in * hw) // (kk * hw)))
+        # (an empty layer has nothing per image: one chunk)
+        return max(1, min(n_batch, min(budget, CHUNK_BYTES // itemsize) // max(1, per_image))), \
+            c_out_g
+    return 1, max(1, min(c_out_g, (budget - c_in * hw) // max(1, kk * hw)))
 
 
 class _Blocks:
