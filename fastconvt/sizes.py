@@ -12,8 +12,6 @@ sizes a stride makes equally valid.
 """
 import operator
 
-import torch
-
 _DIMS = ("H", "W")
 
 
@@ -137,6 +135,8 @@ def checkerboard(kernel_size, stride, dilation=1):
     args = _arguments("checkerboard", kernel_size=kernel_size, stride=stride,
                       dilation=dilation)
     (kh, kw), (sh, sw), (dh, dw) = (value for value, _ in args.values())
+    import torch  # here: the size arithmetic (and its command line) runs without torch
+
     rows = torch.bincount(torch.arange(kh) * dh % sh, minlength=sh)
     cols = torch.bincount(torch.arange(kw) * dw % sw, minlength=sw)
     return rows[:, None] * cols[None, :]
@@ -209,7 +209,7 @@ def _arguments(function, **values):
 
 
 def _pair(function, name, value):
-    if isinstance(value, (tuple, list, torch.Size)):
+    if isinstance(value, (tuple, list)):  # torch.Size is a tuple
         if len(value) != 2:
             raise ValueError(f"{function}(): {name} must be an int or a pair of ints, but got "
                              f"{len(value)} values: {value}")

@@ -11,6 +11,7 @@ Every kernel comes as a serial function over a range of independent jobs plus a
 ``prange`` driver over contiguous ranges of them; :func:`launch` picks one per call.
 """
 import os
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -36,7 +37,9 @@ PARALLEL_MIN_WORK = 1 << 16
 # prange splits the jobs into this many contiguous ranges per thread (load balance)
 CHUNKS_PER_THREAD = 4
 
-_forked_child = False
+# forked after fastconvt's package loaded but before these kernels (loaded on first
+# use): the package noted it (read without importing it: the kernels stay torch-free)
+_forked_child = bool(getattr(sys.modules.get("fastconvt"), "_forked", False))
 _workqueue_lock = threading.Lock()
 # per Python thread: the thread count on_threads asked for (launch applies it)
 _wanted = threading.local()

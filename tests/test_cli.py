@@ -150,3 +150,15 @@ def test_warmup_reports_each_dtype(capsys):
     code, out, err = _run(capsys, "warmup --dtype float64")
     assert code == 0
     assert out.startswith("float64: compiling or loading the kernels ... done in ")
+
+
+def test_size_needs_neither_torch_nor_numba():
+    """The size arithmetic imports only fastconvt.sizes: a fresh process answers in a
+    blink (the package's names load on first use)."""
+    script = ("import sys; from fastconvt.__main__ import main; "
+              "main(['size', '--input', '4', '--kernel', '3', '--stride', '2']); "
+              "print(sorted({'torch', 'numba', 'numpy'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-P", "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
