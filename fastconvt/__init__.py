@@ -49,7 +49,8 @@ def __dir__():
 
 def warmup():
     """Compile (or load from Numba's on-disk cache) the float32 and float64 kernels
-    now rather than on first use: about 40 s the first time, under one once cached.
+    now rather than on first use: about a minute the first time, under a second once
+    cached.
     Complex kernels still compile on first use."""
     from . import kernels
 
