@@ -409,7 +409,9 @@ def _check_arguments(input_shape, weight_shape, bias_shape, stride, padding, out
         (i - 1) * s - 2 * p + d * (k - 1) + op + 1
         for i, s, p, d, k, op in zip(input_shape[2:], stride, padding, dilation,
                                      weight_shape[2:], output_padding))
-    if max(out_hw) >= 2 ** 63:  # torch computes sizes in int64
+    if max(out_hw) >= 2 ** 63 and input_shape[0] == 0:  # torch's int64 sizes wrap there
+        out_hw = tuple((v + 2 ** 63) % 2 ** 64 - 2 ** 63 for v in out_hw)
+    if max(out_hw) >= 2 ** 63:  # and overflow elsewhere
         raise RuntimeError(f"IntArrayRef contains an int that cannot be represented as a "
                            f"SymInt: the output size {list(out_hw)} overflows int64")
     if min(out_hw) <= 0:

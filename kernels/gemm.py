@@ -554,6 +554,10 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
                              f"dilation {dilation}, input {x.shape}")
         return _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
                                           gemm, workspace_bytes, periodic=True)
+    if x.size == 0 or w.size == 0:  # no terms to sum: the bias alone
+        y[...] = 0.0
+        y += bias.reshape(1, -1, 1, 1) if bias.shape[0] else 0.0
+        return y
     if _pointwise((h_in, w_in), padding, dilation, (k_h, k_w), out_hw):
         x_rows = x.reshape(n_batch, c_in)
         y_rows = y.reshape(n_batch, groups, c_out_g * k_h * k_w)
@@ -820,6 +824,9 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
     c_in, (c_out_g, k_h, k_w) = w.shape[0], w.shape[1:]
     c_in_g = c_in // groups
     x = _output("conv2d", out, (n_batch, c_in) + tuple(in_hw), y.dtype)
+    if y.size == 0 or w.size == 0:
+        x[...] = 0.0
+        return x
     if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
                                (k_h, k_w), stride, dilation, in_hw, y.itemsize, workspace_bytes,
                                x.nbytes):
@@ -860,7 +867,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
     c_in_g, c_out_g = c_in // groups, y.shape[1] // groups
     k_h, k_w = kernel_hw
     w = _output("weight_correlation", out, (c_in, c_out_g, k_h, k_w), x.dtype)
-    if n_batch == 0:
+    if x.size == 0 or y.size == 0:
         w[...] = 0.0
         return w
     if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
