@@ -215,6 +215,8 @@ def _check_layer_once(name, geometry, size, x, w, y, bias):
     if int(groups) != groups or groups < 1:
         raise ValueError(f"{name}: groups must be a positive integer, got {groups}")
     c_in = x.shape[1] if x is not None else w.shape[0]
+    if groups > max(c_in, 1):  # (an empty layer's jobs would be counted in groups)
+        raise ValueError(f"{name}: groups={groups} exceeds the {c_in} input channels")
     if c_in % groups:
         raise ValueError(f"{name}: {c_in} input channels are not divisible by groups={groups}")
     if w is not None and w.shape[0] != c_in:
