@@ -164,8 +164,9 @@ def _rule(key, out_shape):
 def _planned(key, out_shape, tune=None, final=True):
     """The plan of ``key``: forced, else remembered (this process, then the plan
     file), else measured by ``tune()`` where autotuning is on and there is a
-    ``tune`` (returning None where there is nothing to time), else the rule's. ``final=False`` (a question, not a call) leaves
-    a configuration not yet measured to be measured on its first call."""
+    ``tune`` (returning None where there is nothing to time), else the rule's.
+    ``final=False`` (a question, not a call) leaves a configuration not yet measured
+    to be measured on its first call."""
     forced = _forced.get()
     if kernels._config.forked_child():
         # a forked child cannot use torch's thread pool (torch hangs there, forced or

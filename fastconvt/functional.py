@@ -329,19 +329,23 @@ def _int(name, value, what="int", bool_ok=False):
     return value
 
 
+def _ints(name, value):
+    """The ints of an int or a sequence (torch's IntArrayRef), as its parser takes them."""
+    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+    return tuple(_int(name, v, "tuple of ints", bool_ok=i > 0) for i, v in enumerate(values))
+
+
 def _check_types(stride, padding, output_padding, groups, dilation):
     """torch's argument parser's TypeErrors, which come before any check of shapes."""
     _int("groups", groups)
     for name, value in (("stride", stride), ("padding", padding),
                         ("output_padding", output_padding), ("dilation", dilation)):
-        for i, v in enumerate(tuple(value) if isinstance(value, (tuple, list)) else (value,)):
-            _int(name, v, "tuple of ints", bool_ok=i > 0)
+        _ints(name, value)
 
 
 def _pair(name, value):
     """An int or a sequence of one or two ints, as a pair (torch's IntArrayRef[2])."""
-    values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-    values = tuple(_int(name, v, "tuple of ints", bool_ok=i > 0) for i, v in enumerate(values))
+    values = _ints(name, value)
     if len(values) == 1:
         return values * 2
     if len(values) != 2:

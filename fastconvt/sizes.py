@@ -93,7 +93,7 @@ def output_padding_for(input_size, target_size, kernel_size, stride=1, padding=0
                                   "padding", "dilation")]
     ops = []
     for dim, (i, t, k, s, p, d) in enumerate(zip(*pairs)):
-        lo, hi = _size_range(i, (k,), (s,), (p,), (d,), 0)
+        lo, hi = _size_range(_size(i, k, s, p, 0, d), s, d)
         if not lo <= t <= hi:
             reachable = ", ".join(str(n) for n in range(max(lo, 1), hi + 1)) or "none"
             where = "" if _all_ints(args) else f" along {_DIMS[dim]}"
@@ -165,8 +165,9 @@ def _output_padding(input, output_size, stride, padding, kernel_size, dilation):
                          f"or {non_spatial + 2} elements (got {len(output_size)})")
     # per dimension in torch's order, so a 2-D input or a garbage geometry raises
     # torch's error (IndexError, TypeError) first
-    ranges = [_size_range(input.size(non_spatial + j), kernel_size, stride, padding, dilation,
-                          j) for j in range(2)]
+    ranges = [_size_range((input.size(non_spatial + j) - 1) * stride[j] - 2 * padding[j]
+                          + dilation[j] * (kernel_size[j] - 1) + 1, stride[j], dilation[j])
+              for j in range(2)]
     in_sizes = input.shape[non_spatial:]
     if any(not lo <= size <= hi for size, (lo, hi) in zip(output_size, ranges)):
         min_sizes, max_sizes = ([r[j] for r in ranges] for j in (0, 1))
@@ -179,13 +180,11 @@ def _size(i, k, s, p, op, d):
     return (i - 1) * s - 2 * p + d * (k - 1) + op + 1
 
 
-def _size_range(i, kernel_size, stride, padding, dilation, j):
+def _size_range(lo, s, d):
     """The smallest and largest sizes ``output_padding`` (0 to ``max(s, d) - 1``) reaches
-    in dimension ``j``; torch's range (to ``s - 1``) for a stride or dilation that is not
-    a positive int, whose ValueError torch raises before the layer rejects the
-    geometry. Indexed and computed in torch's order, so garbage raises torch's error."""
-    lo = (i - 1) * stride[j] - 2 * padding[j] + dilation[j] * (kernel_size[j] - 1) + 1
-    s, d = stride[j], dilation[j]
+    from ``lo``, the size at 0; torch's range (to ``s - 1``) for a stride or dilation
+    that is not a positive int, whose ValueError torch raises before the layer
+    rejects the geometry."""
     valid = type(s) is int and type(d) is int and s > 0 and d > 0
     return lo, lo + (max(s, d) if valid else s) - 1
 

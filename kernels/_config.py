@@ -22,10 +22,11 @@ from . import _cache
 
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 # Numba's on-disk cache, in a folder named for what defines the kernels (_cache)
+_CACHE_WANTED = os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0")
 CACHE_PATH = _cache.cache_path(_cache.kernels_version((sorted(FASTMATH), "nogil"))) \
-    if os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0") else None
+    if _CACHE_WANTED else None
 CACHE = CACHE_PATH is not None
-if not CACHE and os.environ.get("FASTCONVT_NO_CACHE", "0") in ("", "0"):
+if _CACHE_WANTED and not CACHE:
     _cache.log.warning("fastconvt: no writable folder for compiled kernels (NUMBA_CACHE_DIR, "
                        "the package's __pycache__, ~/.cache); kernels compile in memory, "
                        "in every process")
@@ -131,12 +132,19 @@ def on_threads(n, call, *args):
     """``call(*args)`` with the parallel regions it launches on ``n`` threads (as
     :func:`num_threads`, without a context manager's cost; a serial kernel, most
     small calls, never pays for setting Numba's thread count)."""
-    previous = getattr(_wanted, "threads", None)
-    _wanted.threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    previous = _want(n)
     try:
         return call(*args)
     finally:
         _wanted.threads = previous
+
+
+def _want(n):
+    """Ask for ``n`` threads (capped at Numba's pool size) in this Python thread's
+    parallel regions; return the previous request (None: Numba's own count)."""
+    previous = getattr(_wanted, "threads", None)
+    _wanted.threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    return previous
 
 
 @contextmanager
@@ -144,8 +152,7 @@ def num_threads(n):
     """Run the kernels' parallel regions on ``n`` threads (capped at Numba's pool
     size) inside the block; restore the caller's setting afterwards. Per Python
     thread, like ``numba.set_num_threads``: another thread never sees it."""
-    previous = getattr(_wanted, "threads", None)
-    _wanted.threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    previous = _want(n)
     try:
         yield
     finally:
