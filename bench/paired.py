@@ -20,11 +20,11 @@ from typing import NamedTuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # layers.py, test_layers.py
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # layers.py, baselines.py
 
 import allocator  # noqa: E402
 from layers import LAYERS, MODES  # noqa: E402
-from test_layers import DTYPES, make_module  # noqa: E402
+from baselines import DTYPES, make_module  # noqa: E402
 
 
 def _step(module, x, grad, mode):
