@@ -611,18 +611,15 @@ def subpixel_fits(x_shape, w_shape, stride, padding, groups, out_hw, itemsize,
                   workspace_bytes=None):
     """Whether one image's buffers of the sub-pixel forms keep the workspace bound:
     (forward, backward maps), for a layer where they apply (:func:`subpixel_applies`)."""
-    n_batch, c_in, h_in, w_in = x_shape
+    c_in, h_in, w_in = x_shape[1:]
     c_out_g, k_h, k_w = w_shape[1:]
     (sh, sw), kq_h, kq_w = stride, k_h // stride[0], k_w // stride[1]
     phase_hw = _phase_grid(out_hw, stride, padding)[1]
     rows = c_in // groups * kq_h * kq_w + c_out_g * sh * sw
-    out_bytes = n_batch * c_out_g * groups * out_hw[0] * out_hw[1] * itemsize
-    forward = _one_image_fits(rows * phase_hw[0] * phase_hw[1] * itemsize, workspace_bytes,
-                              out_bytes)
+    forward = _one_image_fits(rows * phase_hw[0] * phase_hw[1] * itemsize, workspace_bytes)
     grid = (h_in + kq_h - 1) * (w_in + kq_w - 1)
     rows = groups * c_out_g * sh * sw + 2 * c_in  # gathered gy, two input grids
-    backward = _one_image_fits(rows * grid * itemsize, workspace_bytes,
-                               n_batch * c_in * h_in * w_in * itemsize)
+    backward = _one_image_fits(rows * grid * itemsize, workspace_bytes)
     return forward, backward
 
 
@@ -648,12 +645,11 @@ def _subpixel_pays(channels, kernel_hw, stride, dilation, in_hw, phase_hw):
     return c_in_g * kq2 + c_out_g * sh * sw < c_out_g * k_h * k_w
 
 
-def _one_image_fits(nbytes, workspace_bytes, out_bytes):
+def _one_image_fits(nbytes, workspace_bytes):
     """Whether a sub-pixel form's buffers for one image (``nbytes``; they never hold
-    less) stay within the workspace budget or the size of the result. Where not, the
-    column form, which also splits the output channels, keeps the bound."""
-    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
-    return nbytes <= max(budget, out_bytes)
+    less) stay within the workspace budget. Where not, the column form, which also
+    splits the output channels, keeps the bound."""
+    return nbytes <= (DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes)
 
 
 def _chunk_images(n_batch, per_image, workspace_bytes):
@@ -718,7 +714,7 @@ def _subpixel_conv_transpose2d(x, w, bias, stride, padding, groups, y, parallel,
 
 
 def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw, stride,
-                            dilation, in_hw, itemsize, workspace_bytes, out_bytes):
+                            dilation, in_hw, itemsize, workspace_bytes):
     """Whether the backward maps take the sub-pixel form: ``subpixel`` forced (True
     where it applies: kernel sizes multiples of the strides, dilation 1), or where it
     pays and one image's buffers keep the workspace bound.
@@ -740,7 +736,7 @@ def _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups, kernel_hw,
             or c_out_g * sh * sw < 16 or grid > 1.3 * h_in * w_in:
         return False
     rows = groups * c_out_g * sh * sw + 2 * c_in  # gathered gy, two input grids
-    return _one_image_fits(rows * grid * itemsize, workspace_bytes, out_bytes)
+    return _one_image_fits(rows * grid * itemsize, workspace_bytes)
 
 
 def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, parallel, gemm,
@@ -828,8 +824,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
         x[...] = 0.0
         return x
     if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
-                               (k_h, k_w), stride, dilation, in_hw, y.itemsize, workspace_bytes,
-                               x.nbytes):
+                               (k_h, k_w), stride, dilation, in_hw, y.itemsize, workspace_bytes):
         return _subpixel_gradients(None, w, y, stride, padding, groups, (k_h, k_w), x, None,
                                    parallel, gemm, workspace_bytes, periodic)[0]
     if _pointwise(in_hw, padding, dilation, (k_h, k_w), y.shape[2:]):
@@ -872,7 +867,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
         return w
     if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
                                kernel_hw, stride, dilation, (h_in, w_in), x.itemsize,
-                               workspace_bytes, x.nbytes):
+                               workspace_bytes):
         return _subpixel_gradients(x, None, y, stride, padding, groups, kernel_hw, None, w,
                                    parallel, gemm, workspace_bytes, periodic)[1]
     if _pointwise((h_in, w_in), padding, dilation, kernel_hw, y.shape[2:]):
@@ -917,7 +912,7 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
     c_in_g, (c_out_g, k_h, k_w) = c_in // groups, w.shape[1:]
     if _use_subpixel_gradients(subpixel, n_batch, c_in, c_out_g, groups,
                                (k_h, k_w), stride, dilation, (h_in, w_in), x.itemsize,
-                               workspace_bytes, x.nbytes):
+                               workspace_bytes):
         return _subpixel_gradients(
             x, w, gy, stride, padding, groups, (k_h, k_w),
             _output("conv_transpose2d_backward", gx_out, x.shape, x.dtype),

@@ -2,7 +2,12 @@
 visible to tracemalloc) stay within 64 MiB per call for every plan, on a layer whose
 columns would need 128 MiB at once. Outputs, gradients and layout copies are torch's
 allocations and not counted (the README says so)."""
+import json
+import os
+import subprocess
+import sys
 import tracemalloc
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +16,7 @@ import fastconvt
 from conftest import PLANS, plan_id
 
 WORKSPACE_BYTES = 64 << 20
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize("plan", PLANS, ids=plan_id)
@@ -34,3 +40,51 @@ def test_workspace_stays_within_the_bound(plan):
         finally:
             tracemalloc.stop()
     assert peak <= WORKSPACE_BYTES, f"{peak / 2**20:.1f} MiB"
+
+
+# The README's bound on a whole call, torch's allocations included: 64 MiB of workspace,
+# as much again for oneDNN's product (it returns its own result, copied into ours), one
+# copy of the input and of the output gradient, two of the weight (its layout, its per-tap
+# arrangement) and, for a padding mode other than zeros, one of the output. Measured as the rise of the resident set's peak in a fresh process
+# (bench/memory.py), on a layer whose columns alone would break the bound.
+CALL_SCRIPT = """
+import sys, json
+sys.path.insert(0, {bench!r})
+import torch, fastconvt, memory
+x = torch.randn({batch}, 16, 64, 64)
+w = torch.randn(16, 128, 4, 4)
+if {channels_last!r}:
+    x = x.contiguous(memory_format=torch.channels_last)
+x.requires_grad_(); w.requires_grad_()
+gy = torch.randn({batch}, 128, 128, 128)
+def step():
+    out = fastconvt.conv_transpose2d(x, w, stride=2, padding=1, padding_mode={mode!r})
+    return [out, *torch.autograd.grad(out, (x, w), gy)]
+peaks = {{}}
+for plan in {plans!r}:
+    with fastconvt.use_family(*plan):
+        step()
+        peaks["-".join(p for p in plan if p)] = memory.peak_extra(step)
+print(json.dumps(peaks))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.parametrize("mode, channels_last", [("zeros", False), ("zeros", True),
+                                                 ("circular", False)], ids=str)
+def test_whole_call_stays_within_the_readme_bound(mode, channels_last):
+    batch = 8 if mode == "zeros" else 16  # (the bound counts the output once more)
+    script = CALL_SCRIPT.format(bench=str(BENCH), channels_last=channels_last, mode=mode,
+                                plans=PLANS, batch=batch)
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", GLIBC_TUNABLES="")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    peaks = json.loads(done.stdout.splitlines()[-1])
+    mib = 2 ** 20
+    operands = (batch * 16 * 64 * 64 + 2 * 16 * 128 * 16 + batch * 128 * 128 * 128) * 4 / mib
+    output = batch * 128 * 128 * 128 * 4 / mib if mode != "zeros" else 0
+    bound = 2 * WORKSPACE_BYTES / mib + operands + output
+    assert batch * 128 * 16 * 64 * 64 * 4 / mib > bound  # unchunked columns would break it
+    over = {plan: round(peak) for plan, peak in peaks.items() if peak > bound}
+    assert not over, f"MiB above the bound {bound:.0f}: {over}"
