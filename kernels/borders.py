@@ -8,6 +8,9 @@ copy of row ``source(a)`` (likewise columns), where ``source`` wraps around
 every padded element back onto the element it was copied from. The transposed
 convolution in mode ``m`` is ``fold_borders`` after a zeros-mode transposed
 convolution with no padding. One job per ``(n, c)`` plane.
+
+``padding`` is ``(ph, pw)``, the same border at both ends of an axis, or
+``((top, bottom), (left, right))`` (``padding='same'`` crops asymmetrically).
 """
 import numpy as np
 from numba import njit, prange, uint64
@@ -87,16 +90,22 @@ def _pad_parallel(x, z, ph, pw, mode, n_chunks):
         _pad_planes(x, z, ph, pw, mode, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
 
 
+def borders(padding):
+    """``padding`` as ``((top, bottom), (left, right))``."""
+    return tuple(tuple(p) if isinstance(p, (tuple, list)) else (p, p) for p in padding)
+
+
 def _mode(mode, padding, hw):
     """``mode``'s code, after checking that it can pad an axis of each size in ``hw``
-    by the matching ``padding``."""
+    by the matching ``padding`` (``borders``) at each end."""
     if mode not in MODES:
         raise ValueError(f"padding mode must be one of {tuple(MODES)}, got {mode!r}")
-    if min(padding) < 0:
-        raise ValueError(f"padding must be non-negative, got {tuple(padding)}")
+    if min(min(p) for p in padding) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding}")
     limit = {"reflect": 1, "replicate": None, "circular": 0}[mode]
-    if min(hw) < 1 or (limit is not None and any(p > n - limit for p, n in zip(padding, hw))):
-        raise ValueError(f"{mode} padding {tuple(padding)} cannot fold onto size {tuple(hw)}")
+    if min(hw) < 1 or (limit is not None and any(max(p) > n - limit
+                                                 for p, n in zip(padding, hw))):
+        raise ValueError(f"{mode} padding {padding} cannot fold onto size {tuple(hw)}")
     return MODES[mode]
 
 
@@ -110,27 +119,28 @@ def _bias(name, bias, channels, dtype):
 
 
 def fold_borders(z, bias, padding, mode, out=None, parallel=None):
-    """``(N, C, H + 2 ph, W + 2 pw) -> (N, C, H, W)``: the adjoint of ``pad_borders``
-    (each padded element added onto its source), plus ``bias`` ``(C,)`` or None."""
-    ph, pw = padding
-    shape = (z.shape[0], z.shape[1], z.shape[2] - 2 * ph, z.shape[3] - 2 * pw)
+    """``(N, C, H + top + bottom, W + left + right) -> (N, C, H, W)``: the adjoint of
+    ``pad_borders`` (each padded element added onto its source), plus ``bias``
+    ``(C,)`` or None."""
+    (top, bottom), (left, right) = padding = borders(padding)
+    shape = (z.shape[0], z.shape[1], z.shape[2] - top - bottom, z.shape[3] - left - right)
     code = _mode(mode, padding, shape[2:])
     bias = _bias("fold_borders", bias, z.shape[1], z.dtype)
     _check("fold_borders", z, bias)
     x = _output("fold_borders", out, shape, z.dtype)
-    launch(_fold_planes, _fold_parallel, (z, bias, x, ph, pw, code),
+    launch(_fold_planes, _fold_parallel, (z, bias, x, top, left, code),
            shape[0] * shape[1], z.size, parallel)
     return x
 
 
 def pad_borders(x, padding, mode, out=None, parallel=None):
-    """``(N, C, H, W) -> (N, C, H + 2 ph, W + 2 pw)``, padded by copying as ``mode``
-    pads (``F.pad(x, (pw, pw, ph, ph), mode)``)."""
-    ph, pw = padding
+    """``(N, C, H, W) -> (N, C, H + top + bottom, W + left + right)``, padded by copying
+    as ``mode`` pads (``F.pad(x, (left, right, top, bottom), mode)``)."""
+    (top, bottom), (left, right) = padding = borders(padding)
     code = _mode(mode, padding, x.shape[2:])
     _check("pad_borders", x)
-    shape = (x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw)
+    shape = (x.shape[0], x.shape[1], x.shape[2] + top + bottom, x.shape[3] + left + right)
     z = _output("pad_borders", out, shape, x.dtype)
-    launch(_pad_planes, _pad_parallel, (x, z, ph, pw, code), shape[0] * shape[1], z.size,
+    launch(_pad_planes, _pad_parallel, (x, z, top, left, code), shape[0] * shape[1], z.size,
            parallel)
     return z

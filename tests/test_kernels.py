@@ -420,27 +420,32 @@ def _random(rng, shape, dtype):
     return values.astype(dtype)
 
 
-@settings(max_examples=40, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(mode=st.sampled_from(sorted(kernels.borders.MODES)), dtype=st.sampled_from(BORDER_DTYPES),
        n=st.integers(0, 2), c=st.integers(1, 3), hw=st.tuples(st.integers(1, 6),
                                                                st.integers(1, 6)),
-       padding=st.tuples(st.integers(0, 6), st.integers(0, 6)), parallel=st.booleans())
+       padding=st.tuples(st.integers(0, 6), st.integers(0, 6)),
+       ends=st.none() | st.tuples(st.integers(0, 6), st.integers(0, 6)), parallel=st.booleans())
 def test_border_kernels_pad_as_torch_and_fold_as_its_adjoint(mode, dtype, n, c, hw, padding,
-                                                            parallel):
+                                                            ends, parallel):
     """``pad_borders`` equals ``F.pad``; ``fold_borders`` is its adjoint
-    (``<pad(x), z> == <x, fold(z)>``) plus the bias once per pixel."""
+    (``<pad(x), z> == <x, fold(z)>``) plus the bias once per pixel; with the same
+    border at both ends of an axis (``(ph, pw)``) or not (``ends`` given)."""
+    (top, left), (bottom, right) = padding, padding if ends is None else ends
+    padding = padding if ends is None else ((top, bottom), (left, right))
     limit = {"reflect": 1, "replicate": None, "circular": 0}[mode]
-    if limit is not None and any(p > s - limit for p, s in zip(padding, hw)):
+    if limit is not None and any(p > s - limit for p, s in zip((top, left, bottom, right),
+                                                                hw + hw)):
         with pytest.raises(ValueError, match="cannot fold"):
             kernels.borders.pad_borders(np.zeros((n, c) + hw, dtype), padding, mode)
         return
     rng = np.random.default_rng(0)
     x = _random(rng, (n, c) + hw, dtype)
-    z = _random(rng, (n, c, hw[0] + 2 * padding[0], hw[1] + 2 * padding[1]), dtype)
+    z = _random(rng, (n, c, hw[0] + top + bottom, hw[1] + left + right), dtype)
     bias = _random(rng, (c,), dtype)
-    pads = (padding[1], padding[1], padding[0], padding[0])
     expected = F.pad(torch.from_numpy(x).to(torch.complex128 if np.iscomplexobj(x)
-                                            else torch.float64), pads, mode=mode)
+                                            else torch.float64), (left, right, top, bottom),
+                     mode=mode)
     padded = kernels.borders.pad_borders(x, padding, mode, parallel=parallel)
     np.testing.assert_array_equal(padded, expected.numpy().astype(dtype))
     folded = kernels.borders.fold_borders(z, bias, padding, mode, parallel=parallel)
