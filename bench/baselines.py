@@ -19,7 +19,8 @@ def _bands(pad, size):
 
 class _CircularFold(torch.autograd.Function):
     """(N, C, H + 2 pH, W + 2 pW) -> (N, C, H, W): out[..., i, j] sums z[..., i', j'] over
-    i' - pH = i (mod H) and j' - pW = j (mod W), plus the bias once. Forward: the middle plus the bias in one pass, then the eight border strips
+    i' - pH = i (mod H) and j' - pW = j (mod W), plus the bias once. Forward: the middle
+    plus the bias in one pass, then the eight border strips
     added in place. Backward: its adjoint, torch's circular pad of the gradient (autograd
     through in-place slice adds would copy the whole gradient once per strip)."""
 

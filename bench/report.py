@@ -35,6 +35,7 @@ def summarize(results):
     """Rows per (dtype, mode), peaks, geometric means and the cases below 1.0x."""
     median, family, busy, peak, pairs, peak_shape = {}, {}, {}, {}, {}, None
     models = {}  # (model, dtype) -> interleaved pairs
+    twins = {}  # (twin, mode) -> interleaved pairs, the integer layer as "torch"
     for bench in results["benchmarks"]:
         info, seconds = bench["extra_info"], bench["stats"]["median"]
         others = info.get("others_cpu") or 0.0
@@ -46,6 +47,9 @@ def summarize(results):
         if info.get("impl") == "model":
             if info.get("paired"):
                 models[info["model"], info["dtype"]] = info["paired"]
+            continue
+        if info.get("impl") == "twin":  # padding='same' against its integer twin
+            twins[info["model"], info["mode"]] = info["paired"]
             continue
         key = (info["layer"], info["mode"], info["dtype"])
         median[key + (info["impl"],)] = seconds
@@ -91,7 +95,7 @@ def summarize(results):
         if ratios:
             geomeans[dtype, mode] = math.exp(sum(map(math.log, ratios)) / len(ratios))
     return dict(tables=tables, peak=peak, ceiling=ceiling, peak_shape=peak_shape,
-                geomeans=geomeans, models=models,
+                geomeans=geomeans, models=models, twins=twins,
                 slower=slower, busy_peak=busy.get("matmul", 0.0) > BUSY, paired=bool(pairs))
 
 
@@ -164,6 +168,10 @@ def _epilogue(results, summary):
               f"{pairs['fastconvt'] * 1e3:.1f} ms, speed-up {pairs['ratio']:.2f}x "
               f"(95% {pairs['low']:.2f}-{pairs['high']:.2f}, {pairs['pairs']} pairs)"
               for (model, dtype), pairs in summary.get("models", {}).items()]
+    lines += [f"padding='same' {twin} float32 {mode}: integer twin {pairs['torch'] * 1e3:.2f} ms, "
+              f"'same' {pairs['fastconvt'] * 1e3:.2f} ms, ratio {pairs['ratio']:.3f} "
+              f"(95% {pairs['low']:.3f}-{pairs['high']:.3f}, {pairs['pairs']} pairs)"
+              for (twin, mode), pairs in summary.get("twins", {}).items()]
     by_layer = {}
     order = list(LAYERS)
     for name, dtype, mode, speedup in sorted(summary["slower"], key=lambda s: order.index(s[0])):

@@ -324,3 +324,31 @@ def test_model(benchmark, pytestconfig, model, dtype):
     benchmark.extra_info["paired"] = result._asdict()
     benchmark.pedantic(ours, rounds=max(1, pytestconfig.getoption("benchmark_min_rounds")),
                        iterations=1)
+
+
+# padding='same' against the integer-padding layer it resembles (the README's claim that the
+# crop costs nothing): k4/s2 is padding 1 exactly; k3/s2 crops asymmetrically (0 rows above,
+# 1 below), its twin p1/op1 crops 1 above and 0 below.
+TWINS = {"dcgan3-k4s2-same-vs-p1": (64, 256, 128, 8, 4, dict(padding=1)),
+         "k3s2-same-vs-p1op1-b8": (8, 128, 64, 32, 3, dict(padding=1, output_padding=1))}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("twin", TWINS)
+def test_same_padding_twin(benchmark, pytestconfig, twin, mode):
+    batch, c_in, c_out, size, kernel, integer = TWINS[twin]
+    torch.manual_seed(0)
+    same = fastconvt.ConvTranspose2d(c_in, c_out, kernel, 2, padding="same")
+    other = fastconvt.ConvTranspose2d(c_in, c_out, kernel, 2, **integer)
+    other.load_state_dict(same.state_dict())
+    x = torch.randn(batch, c_in, size, size, requires_grad=mode != "forward")
+    grad = torch.randn(batch, c_out, 2 * size, 2 * size)
+    from paired import _step, interleave  # it imports this module
+    steps = [_step(m, x, grad, mode) for m in (other, same)]
+    for step in steps * 2:  # measures plans, compiles, warms
+        step()
+    result = interleave(*steps, seconds=pytestconfig.getoption("paired_seconds"))
+    benchmark.extra_info.update(impl="twin", model=twin, dtype="float32", mode=mode,
+                                paired=result._asdict(), threads=torch.get_num_threads())
+    benchmark.pedantic(steps[1], rounds=max(1, pytestconfig.getoption("benchmark_min_rounds")),
+                       iterations=1)

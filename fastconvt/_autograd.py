@@ -126,23 +126,27 @@ def _needs_graph(*tensors):
     return False
 
 
-def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros"):
+def conv_transpose2d(x, w, b, geometry, out_hw, padding_mode="zeros", ends=None):
     """``y = T(x, w) + b``; through autograd only when a gradient may be asked for.
     A non-zeros ``padding_mode`` computes ``T`` without padding, then folds the
-    borders back in (the adjoint of ``nn.Conv2d``'s padding in that mode)."""
+    borders back in (the adjoint of ``nn.Conv2d``'s padding in that mode): the
+    geometry's padding at the start of each axis and ``ends`` (default: the same) at
+    its end."""
     stride, padding, dilation, groups = geometry
-    if padding_mode == "circular" and any(padding):
+    ends = padding if ends is None else tuple(ends)
+    if padding_mode == "circular" and any(padding) and ends == padding:
         wrap = _periodic_input_padding(x.shape[2:], w.shape[2:], geometry, out_hw)
         if wrap is not None:
             if _needs_graph(x, w, b):
                 return PeriodicConvTranspose2dFunction.apply(x, w, b, geometry, out_hw, wrap)
             return _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap)
-    if padding_mode != "zeros" and any(padding):
-        full_hw = (out_hw[0] + 2 * padding[0], out_hw[1] + 2 * padding[1])
+    if padding_mode != "zeros" and (any(padding) or any(ends)):
+        full_hw = (out_hw[0] + padding[0] + ends[0], out_hw[1] + padding[1] + ends[1])
         z = conv_transpose2d(x, w, None, (stride, (0, 0), dilation, groups), full_hw)
+        borders = padding if ends == padding else tuple(zip(padding, ends))
         if _needs_graph(z, b):
-            return FoldBordersFunction.apply(z, b, padding, padding_mode)
-        return _fold_borders(z, b, padding, padding_mode)
+            return FoldBordersFunction.apply(z, b, borders, padding_mode)
+        return _fold_borders(z, b, borders, padding_mode)
     if _needs_graph(x, w, b):
         return ConvTranspose2dFunction.apply(x, w, b, geometry, out_hw)
     shape = (x.shape[0], w.shape[1] * geometry[3]) + tuple(out_hw)
@@ -190,14 +194,16 @@ def _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap):
 
 
 def _fold_borders(z, b, padding, mode):
-    shape = z.shape[:2] + (z.shape[2] - 2 * padding[0], z.shape[3] - 2 * padding[1])
+    (top, bottom), (left, right) = kernels.borders.borders(padding)
+    shape = z.shape[:2] + (z.shape[2] - top - bottom, z.shape[3] - left - right)
     out = torch.empty(shape, dtype=z.dtype)
     _on_torch_threads(kernels.borders.fold_borders, _np(z), _np(b), padding, mode, out.numpy())
     return out
 
 
 def _pad_borders(x, padding, mode):
-    shape = x.shape[:2] + (x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1])
+    (top, bottom), (left, right) = kernels.borders.borders(padding)
+    shape = x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right)
     out = torch.empty(shape, dtype=x.dtype)
     _on_torch_threads(kernels.borders.pad_borders, _np(x), padding, mode, out.numpy())
     return out
@@ -214,7 +220,8 @@ def _save_operands(ctx, inputs, output):
 
 class FoldBordersFunction(_transforms.Function):
     """``(z (N, C, H + 2 ph, W + 2 pw), b, (ph, pw), mode) -> (N, C, H, W)``: every
-    padded element added onto its source, then the bias."""
+    padded element added onto its source, then the bias (borders as in
+    :mod:`fastconvt.kernels.borders`: also ``((top, bottom), (left, right))``)."""
 
     @staticmethod
     def forward(z, b, padding, mode):

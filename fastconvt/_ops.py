@@ -59,14 +59,22 @@ def periodic_conv_transpose2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride:
 
 @torch.library.custom_op("fastconvt::fold_borders", mutates_args=())
 def fold_borders(z: Tensor, b: Optional[Tensor], padding: List[int], mode: str) -> Tensor:
-    """The padded borders of ``z`` folded onto their sources, plus ``b``."""
-    return _autograd._fold_borders(z, b, tuple(padding), mode)
+    """The padded borders of ``z`` folded onto their sources, plus ``b``; ``padding``
+    ``[ph, pw]`` or ``[top, bottom, left, right]``."""
+    return _autograd._fold_borders(z, b, _borders(padding), mode)
 
 
 @torch.library.custom_op("fastconvt::pad_borders", mutates_args=())
 def pad_borders(x: Tensor, padding: List[int], mode: str) -> Tensor:
     """``F.pad(x, ..., mode)``: the fold's adjoint."""
-    return _autograd._pad_borders(x, tuple(padding), mode)
+    return _autograd._pad_borders(x, _borders(padding), mode)
+
+
+def _borders(padding):
+    """An operator's ``padding`` list as ``((top, bottom), (left, right))``."""
+    if len(padding) == 2:
+        return tuple((p, p) for p in padding)
+    return (tuple(padding[:2]), tuple(padding[2:]))
 
 
 # fake implementations: the outputs' shapes, dtypes and layouts, as the kernels give them
@@ -93,12 +101,14 @@ def _(x, w, b, stride, padding, dilation, groups, size, wrap):
 
 @fold_borders.register_fake
 def _(z, b, padding, mode):
-    return z.new_empty((*z.shape[:2], z.shape[2] - 2 * padding[0], z.shape[3] - 2 * padding[1]))
+    (top, bottom), (left, right) = _borders(padding)
+    return z.new_empty((*z.shape[:2], z.shape[2] - top - bottom, z.shape[3] - left - right))
 
 
 @pad_borders.register_fake
 def _(x, padding, mode):
-    return x.new_empty((*x.shape[:2], x.shape[2] + 2 * padding[0], x.shape[3] + 2 * padding[1]))
+    (top, bottom), (left, right) = _borders(padding)
+    return x.new_empty((*x.shape[:2], x.shape[2] + top + bottom, x.shape[3] + left + right))
 
 
 # autograd: each map's adjoints are the other two (conjugated for complex operands)
@@ -180,18 +190,20 @@ for _op, _backward, _setup in (
     _op.register_autograd(_backward, setup_context=_setup)
 
 
-def layer(x, w, b, geometry, out_hw, padding_mode="zeros"):
+def layer(x, w, b, geometry, out_hw, padding_mode="zeros", ends=None):
     """:func:`fastconvt._autograd.conv_transpose2d` in operators: ``T(x, w) + b``, a
     non-zeros ``padding_mode`` as the unpadded map and a fold (or the periodic map)."""
     stride, padding, dilation, groups = (list(v) if isinstance(v, tuple) else v
                                          for v in geometry)
-    if padding_mode == "circular" and any(padding):
+    ends = padding if ends is None else list(ends)
+    if padding_mode == "circular" and any(padding) and ends == padding:
         wrap = _autograd._periodic_input_padding(x.shape[2:], w.shape[2:], geometry, out_hw)
         if wrap is not None:
             return periodic_conv_transpose2d(x, w, b, stride, padding, dilation, groups,
                                              list(out_hw), list(wrap))
-    if padding_mode != "zeros" and any(padding):
-        full = [out_hw[0] + 2 * padding[0], out_hw[1] + 2 * padding[1]]
+    if padding_mode != "zeros" and (any(padding) or any(ends)):
+        full = [out_hw[0] + padding[0] + ends[0], out_hw[1] + padding[1] + ends[1]]
         z = conv_transpose2d(x, w, None, stride, [0, 0], dilation, groups, full)
-        return fold_borders(z, b, padding, padding_mode)
+        borders = padding if ends == padding else [padding[0], ends[0], padding[1], ends[1]]
+        return fold_borders(z, b, borders, padding_mode)
     return conv_transpose2d(x, w, b, stride, padding, dilation, groups, list(out_hw))

@@ -6,7 +6,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from . import _torch_path
+from . import _same, _torch_path
 from .functional import _check_types, _int, conv_transpose2d
 from .modules import KernelsLayer
 
@@ -31,14 +31,16 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
         input: :math:`(N, C_{in}, L_{in})` or :math:`(C_{in}, L_{in})`.
         weight: :math:`(C_{in}, C_{out} / \text{groups}, k)`.
         bias: optional :math:`(C_{out})`.
-        stride, padding, output_padding, dilation: an int or a one-element tuple.
+        stride, padding, output_padding, dilation: an int or a one-element tuple;
+            ``padding`` also 'same' or 'valid' (see :func:`fastconvt.conv_transpose2d`).
         groups: as in torch. padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'``
             or ``'circular'`` (keyword only; the adjoint of ``nn.Conv1d`` in that mode).
 
     Output: :math:`L_{out} = (L_{in} - 1) \times \text{stride} - 2 \times \text{padding}
     + \text{dilation} \times (k - 1) + \text{output\_padding} + 1`.
     """
-    _check_types(stride, padding, output_padding, groups, dilation)
+    string = isinstance(padding, str)  # 'same' or 'valid': also 'same' on the one row
+    _check_types(stride, 0 if string else padding, output_padding, groups, dilation)
     if not isinstance(input, Tensor) or input.dim() not in (2, 3):
         shape = list(input.shape) if isinstance(input, Tensor) else input
         raise RuntimeError("Expected 2D (unbatched) or 3D (batched) input to conv_transpose1d, "
@@ -47,11 +49,12 @@ def conv_transpose1d(input, weight, bias=None, stride=1, padding=0, output_paddi
         raise RuntimeError("conv_transpose1d expects a 3-D weight (C_in, C_out // groups, k), "
                            f"but got weight of size {list(getattr(weight, 'shape', []))}")
     args = [_single(name, value) for name, value in (
-        ("stride", stride), ("padding", padding), ("output_padding", output_padding),
-        ("dilation", dilation))]
+        ("stride", stride), ("padding", 0 if string else padding),
+        ("output_padding", output_padding), ("dilation", dilation))]
     (s, p, op, d), groups = args, _int("groups", groups)
-    out = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, s), (0, p),
-                           (0, op), groups, (1, d), padding_mode=padding_mode)
+    out = conv_transpose2d(input.unsqueeze(-2), weight.unsqueeze(-2), bias, (1, s),
+                           padding if string else (0, p), (0, op), groups, (1, d),
+                           padding_mode=padding_mode)
     # a length-major input looks channels_last once unsqueezed; torch's 1-D output is
     # contiguous whatever the input's strides
     return out.squeeze(-2).contiguous()
@@ -70,6 +73,14 @@ class ConvTranspose1d(KernelsLayer, torch.nn.ConvTranspose1d):
     """
 
     def _torch_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if isinstance(self.padding, str):
+            out_l = _torch_path.crop(self.padding, [input.size(-1)], [self.kernel_size[0]],
+                                     [self.stride[0]], [self.dilation[0]])[2]
+            _torch_path.check_string_output_size(self.padding, [input.size(-1)], out_l,
+                                                 output_size, input.dim() - 1)
+            return _torch_path.conv_transpose2d_string(
+                input.unsqueeze(-2), self.weight.unsqueeze(-2), self.bias, [1, self.stride[0]],
+                self.padding, self.groups, [1, self.dilation[0]], self.padding_mode).squeeze(-2)
         assert isinstance(self.padding, tuple)  # refines the type for TorchScript
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, 1, self.dilation)
@@ -80,6 +91,10 @@ class ConvTranspose1d(KernelsLayer, torch.nn.ConvTranspose1d):
 
     @torch.jit.unused
     def _kernels_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if isinstance(self.padding, str):
+            _same.check_output_size(self, input, output_size)
+            return conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding, 0,
+                                    self.groups, self.dilation, padding_mode=self.padding_mode)
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, 1, self.dilation)
         return conv_transpose1d(input, self.weight, self.bias, self.stride, self.padding,

@@ -27,8 +27,9 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             :math:`(C_{in}, H_{in}, W_{in})`.
         weight: filters of shape :math:`(C_{in}, C_{out} / \text{groups}, kH, kW)`.
         bias: optional bias of shape :math:`(C_{out})`. Default: None
-        stride, padding, output_padding, dilation: an int or a pair of ints.
-            Defaults: 1, 0, 0, 1
+        stride, padding, output_padding, dilation: an int or a pair of ints; ``padding``
+            also ``'same'`` (output = input x stride) or ``'valid'``, TensorFlow's sizes
+            and asymmetric crop (the README's "Porting from Keras"). Defaults: 1, 0, 0, 1
         groups: split input into groups; :math:`C_{in}` must be divisible by it.
             Default: 1
         padding_mode: ``'zeros'``, ``'reflect'``, ``'replicate'`` or ``'circular'``
@@ -71,6 +72,10 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             with _no_autocast():
                 return conv_transpose2d(*cast, stride, padding, output_padding, groups,
                                         dilation, padding_mode=padding_mode)
+    if isinstance(padding, str):
+        from . import _same
+        return _same.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
+                                      groups, dilation, padding_mode)
     key = _call_key(input, weight, bias, stride, padding, output_padding, groups, dilation,
                     padding_mode)
     prepared = _calls.get(key) if key is not None else None
@@ -268,11 +273,11 @@ def _geometry(input_shape, weight_shape, bias_shape, stride, padding, output_pad
 _cached_geometry = functools.lru_cache(maxsize=1024)(_geometry)
 
 
-def _apply_kernels(input, weight, bias, geometry, out_hw, padding_mode):
+def _apply_kernels(input, weight, bias, geometry, out_hw, padding_mode, ends=None):
     if torch.compiler.is_compiling():
         # Dynamo cannot trace Numba: a graph gets the maps as operators it knows
-        return _ops.layer(input, weight, bias, geometry, out_hw, padding_mode)
-    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode)
+        return _ops.layer(input, weight, bias, geometry, out_hw, padding_mode, ends)
+    return _autograd.conv_transpose2d(input, weight, bias, geometry, out_hw, padding_mode, ends)
 
 
 def _fold_with_torch(input, weight, bias, stride, padding, output_padding, groups, dilation,

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from . import _torch_path, sizes
+from . import _same, _torch_path, sizes
 from .functional import check_padding_mode, conv_transpose2d
 
 
@@ -20,10 +20,17 @@ class KernelsLayer:
                  output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros",
                  device=None, dtype=None):
         check_padding_mode(padding_mode)
-        # torch's constructor accepts only 'zeros'; build with it, then set the mode
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding,
-                         groups, bias, dilation, "zeros", device=device, dtype=dtype)
+        string = isinstance(padding, str) and padding in _same.PADDINGS
+        if string:  # (another string reaches torch's constructor and its TypeError)
+            _same.check(padding, output_padding, ValueError)
+        # torch's constructor accepts only 'zeros' and no 'same' or 'valid': build with
+        # them, then set the mode and the string padding (stored as given)
+        super().__init__(in_channels, out_channels, kernel_size, stride,
+                         0 if string else padding, output_padding, groups, bias, dilation,
+                         "zeros", device=device, dtype=dtype)
         self.padding_mode = padding_mode
+        if string:
+            self.padding = padding
 
     def forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
         if torch.jit.is_scripting():
@@ -72,6 +79,17 @@ class ConvTranspose2d(KernelsLayer, torch.nn.ConvTranspose2d):
     """
 
     def _torch_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if isinstance(self.padding, str):
+            stride = [self.stride[0], self.stride[1]]
+            dilation = [self.dilation[0], self.dilation[1]]
+            in_hw = [input.size(-2), input.size(-1)]
+            kernel_hw = [self.kernel_size[0], self.kernel_size[1]]
+            out_hw = _torch_path.crop(self.padding, in_hw, kernel_hw, stride, dilation)[2]
+            _torch_path.check_string_output_size(self.padding, in_hw, out_hw, output_size,
+                                                 input.dim() - 2)
+            return _torch_path.conv_transpose2d_string(input, self.weight, self.bias, stride,
+                                                       self.padding, self.groups, dilation,
+                                                       self.padding_mode)
         assert isinstance(self.padding, tuple)  # refines the type for TorchScript
         output_padding = self._output_padding(input, output_size, self.stride, self.padding,
                                               self.kernel_size, 2, self.dilation)
@@ -81,6 +99,10 @@ class ConvTranspose2d(KernelsLayer, torch.nn.ConvTranspose2d):
 
     @torch.jit.unused
     def _kernels_forward(self, input: Tensor, output_size: Optional[List[int]] = None) -> Tensor:
+        if isinstance(self.padding, str):
+            _same.check_output_size(self, input, output_size)
+            return conv_transpose2d(input, self.weight, self.bias, self.stride, self.padding, 0,
+                                    self.groups, self.dilation, padding_mode=self.padding_mode)
         output_padding = sizes._output_padding(
             input, output_size, self.stride, self.padding, self.kernel_size, self.dilation)
         if output_padding is None:
@@ -130,8 +152,8 @@ def unconvert(module):
     """Turn every fastconvt layer in ``module`` (``module`` itself included) back into
     torch's class, in place, and return ``module``: for tools that know only torch's
     layers. The same objects, Parameters, buffers, hooks and parametrizations stay.
-    Raises ``ValueError`` naming the first layer whose ``padding_mode`` torch's layer
-    lacks, before changing anything.
+    Raises ``ValueError`` naming the first layer whose ``padding_mode`` or string
+    ``padding`` torch's layer lacks, before changing anything.
 
     Examples::
 
@@ -143,9 +165,12 @@ def unconvert(module):
     layers = [(name, layer) for name, layer in module.named_modules()
               if _base(layer) in torchs]
     for name, layer in layers:
-        if layer.padding_mode != "zeros":
+        lacking = [f"{attr}={getattr(layer, attr)!r}" for attr, fine in (
+            ("padding_mode", layer.padding_mode == "zeros"),
+            ("padding", not isinstance(layer.padding, str))) if not fine]
+        if lacking:
             raise ValueError(f"fastconvt.unconvert: layer {name or '(the model)'} has "
-                             f"padding_mode={layer.padding_mode!r}, which torch's "
+                             f"{lacking[0]}, which torch's "
                              f"{torchs[_base(layer)].__name__} does not compute")
     for _, layer in layers:
         _swap_class(layer, torchs)

@@ -97,7 +97,8 @@ FUNCTIONAL_CASES = [
     Case("padding_negative_batch2", X2, W, kwargs=dict(padding=-1), phrase="padding"),
     Case("padding_len3", X, W, kwargs=dict(padding=(1, 2, 3)), phrase="padding"),
     Case("padding_float", X, W, kwargs=dict(padding=1.0), phrase="padding"),
-    Case("padding_same", X, W, kwargs=dict(padding="same"), phrase="padding"),
+    # ('same' and 'valid' are fastconvt's own: tests/test_same_padding.py)
+    Case("padding_string", X, W, kwargs=dict(padding="full"), phrase="padding"),
     # output_padding
     Case("output_padding_negative", X, W, kwargs=dict(stride=2, output_padding=-1),
          phrase="output_padding"),
@@ -232,7 +233,7 @@ MODULE_CASES = [
     ModuleCase("stride_len3", dict(BASE, stride=(1, 2, 3)), X, "stride"),
     ModuleCase("stride_float", dict(BASE, stride=1.5), X, "stride"),
     ModuleCase("padding_negative", dict(BASE, padding=-1), X, "padding"),
-    ModuleCase("padding_same", dict(BASE, padding="same"), X, "padding"),
+    ModuleCase("padding_string", dict(BASE, padding="full"), X, "padding"),
     ModuleCase("output_padding_negative", dict(BASE, stride=2, output_padding=-1), X,
                "output_padding"),
     ModuleCase("output_padding_too_big", dict(BASE, stride=2, output_padding=2), X,

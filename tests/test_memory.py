@@ -45,7 +45,8 @@ def test_workspace_stays_within_the_bound(plan):
 # The README's bound on a whole call, torch's allocations included: 64 MiB of workspace,
 # as much again for oneDNN's product (it returns its own result, copied into ours), one
 # copy of the input and of the output gradient, two of the weight (its layout, its per-tap
-# arrangement) and, for a padding mode other than zeros, one of the output. Measured as the rise of the resident set's peak in a fresh process
+# arrangement) and, for a padding mode other than zeros, one of the output. Measured as the
+# rise of the resident set's peak in a fresh process
 # (bench/memory.py), on a layer whose columns alone would break the bound.
 CALL_SCRIPT = """
 import sys, json
