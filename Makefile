@@ -11,8 +11,8 @@
 
 PYTHON      ?= python3
 VENV        ?= .venv
-# torch is installed FIRST and explicitly: on this machine torch==2.13.0 is a
-# local CPU wheel, whereas an unpinned torch would pull a multi-GB CUDA build.
+# torch is installed FIRST and explicitly: torch==2.13.0 resolves to a CPU wheel
+# on the project's index, whereas an unpinned torch would pull a multi-GB CUDA build.
 # The package itself only asks for a range (torch>=2.1), already satisfied then.
 TORCH       ?= torch==2.13.0
 PYTEST_ARGS ?=

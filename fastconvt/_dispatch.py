@@ -229,10 +229,7 @@ def plans_of(x_shape, w_shape, dtype, geometry, out_hw, layout=""):
 
 def _w_shape(map_name, operands, geometry, size):
     """The weight shape of a map's layer (the weight correlation's output)."""
-    if map_name == "weight_correlation":
-        x, y = operands
-        return (x.shape[1], y.shape[1] // geometry[3]) + tuple(size)
-    return operands[1].shape
+    return _plans.weight_shape(map_name, [a.shape for a in operands[:2]], geometry[3], size)
 
 
 def _call(plan, map_name, operands, geometry, size, out):
@@ -287,8 +284,8 @@ def _pad_kernel(w, padded_hw):
 def _subpixel(form, kernel_hw, geometry):
     """The GEMM family's ``subpixel`` argument for ``form``; a sub-pixel form forced
     where it does not apply (unpadded) leaves the choice to the family."""
-    if form == "subpixel" and not kernels.gemm.subpixel_applies(kernel_hw, geometry[0],
-                                                                geometry[2]):
+    if form == "subpixel" and not kernels.subpixel.subpixel_applies(kernel_hw, geometry[0],
+                                                                    geometry[2]):
         return None
     return _FORMS[form]
 
@@ -306,8 +303,6 @@ def run(map_name, operands, geometry, size, out):
         plans = [p for p in plans
                  if (p[1] != "subpixel" or _subpixel_fits(map_name, operands, geometry, size))
                  and (p[1] != "nhwc" or _nhwc_applies(map_name, operands, geometry, size))]
-        if len(plans) < 2:
-            return None  # nothing to time: the rule's plan, not stored
         one = _first_image(map_name, operands, out)
         return _plans.measure(lambda p: _call(p, map_name, operands, geometry, size, out),
                               plans, lambda p: _call(p, map_name, one[0], geometry, size,
@@ -337,8 +332,8 @@ def _subpixel_fits(map_name, operands, geometry, size):
         x_shape, out_hw = (y.shape[0], w_shape[0]) + tuple(size), y.shape[2:]
     else:
         x_shape, out_hw = operands[0].shape, operands[1].shape[2:]
-    fits = kernels.gemm.subpixel_fits(x_shape, _subpixel_shape(w_shape, geometry), stride,
-                                      padding, groups, out_hw, operands[0].itemsize)
+    fits = kernels.subpixel.subpixel_fits(x_shape, _subpixel_shape(w_shape, geometry), stride,
+                                          padding, groups, out_hw, operands[0].itemsize)
     return fits[map_name != "conv_transpose2d"]
 
 
@@ -356,7 +351,7 @@ def run_periodic(x, w, b, geometry, out_hw, out):
     # the GEMM family's sub-pixel form with the rule's product; not measured
     key = _key("conv_transpose2d", (x.shape, w.shape), x.dtype, geometry, out_hw, True)
     plan = _planned(key, out.shape)
-    if plan[0] != "gemm" or plan[1] in ("columns", "nhwc") or not kernels.gemm.uses_subpixel(
+    if plan[0] != "gemm" or plan[1] in ("columns", "nhwc") or not kernels.subpixel.uses_subpixel(
             x.shape, w.shape, *geometry, out_hw, x.itemsize):
         return False
     kernels.gemm.conv_transpose2d(x, w, b, *geometry, out_hw, out=out,
@@ -391,13 +386,11 @@ def run_backward(x, w, gy, geometry, gx, gw, periodic=False):
     def tune():
         plans = _plans.candidates("backward", x.dtype, key[2], geometry, gy.shape[2:],
                                   _rule(key, x.shape))
-        fits = kernels.gemm.subpixel_fits(x.shape, _subpixel_shape(w.shape, geometry),
-                                          geometry[0], geometry[1], geometry[3],
-                                          gy.shape[2:], x.itemsize)[1]
+        fits = kernels.subpixel.subpixel_fits(x.shape, _subpixel_shape(w.shape, geometry),
+                                              geometry[0], geometry[1], geometry[3],
+                                              gy.shape[2:], x.itemsize)[1]
         plans = [p for p in plans
                  if (p[1] != "subpixel" or fits) and (p[1] != "nhwc" or nhwc)]
-        if len(plans) < 2:
-            return None
         return _plans.measure(call, plans, lambda p: call(p, 1))[0]
 
     # the periodic backward has no separate form here (its maps read a padded gy)

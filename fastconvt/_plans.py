@@ -84,14 +84,18 @@ def rule_plan(family):
     return (family, "", "mm" if family == "gemm" else "")
 
 
+def weight_shape(map_name, operand_shapes, groups, size):
+    """The weight shape of a map's layer (the weight correlation's output)."""
+    if map_name == "weight_correlation":
+        x_shape, y_shape = operand_shapes[:2]
+        return (x_shape[1], y_shape[1] // groups) + tuple(size)
+    return tuple(operand_shapes[1])
+
+
 def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     """The plans worth timing for one configuration, the rule's first."""
     stride, padding, dilation, groups = geometry
-    if map_name == "weight_correlation":
-        x_shape, y_shape = operand_shapes[:2]
-        w_shape = (x_shape[1], y_shape[1] // groups) + tuple(size)
-    else:
-        w_shape = operand_shapes[1]
+    w_shape = weight_shape(map_name, operand_shapes, groups, size)
     work = _work(map_name, operand_shapes, w_shape, size)
     if work < MEASURE_MIN_WORK:
         return [rule]
@@ -194,8 +198,11 @@ def measure(run, plans, warm=None, rounds=3, prune=2.0):
     loads them, cheaply), then timed over ``rounds`` interleaved rounds; from the
     third round on, a plan over ``prune`` times the best is dropped (not earlier: a
     first full-size run may still compile or load the parallel kernels, which one
-    image does not use). Returns (best plan, {plan: seconds})."""
+    image does not use). Returns (best plan, {plan: seconds}); (None, {}) for fewer
+    than two plans: nothing to time (the rule's plan then serves, unstored)."""
     global _measured
+    if len(plans) < 2:
+        return None, {}
     _measured += 1
     for plan in plans:
         (warm or run)(plan)

@@ -54,11 +54,11 @@ def output_size(input_size, kernel_size, stride=1, padding=0, output_padding=0, 
     for dim, (i, k, s, p, op, d) in enumerate(zip(*geometry, ops, pairs["dilation"])):
         size = _size(i, k, s, p, op, d)
         if size <= 0:
-            where = "" if _all_ints(args) else f" along {_DIMS[dim]}"
+            where = "" if _all_scalars(args) else f" along {_DIMS[dim]}"
             raise ValueError(f"the output size{where} is not positive: "
                              f"{_formula(i, k, s, p, op, d)} = {size}")
         sizes.append(size)
-    return sizes[0] if _all_ints(args) else tuple(sizes)
+    return sizes[0] if _all_scalars(args) else tuple(sizes)
 
 
 def output_padding_for(input_size, target_size, kernel_size, stride=1, padding=0, dilation=1):
@@ -96,12 +96,12 @@ def output_padding_for(input_size, target_size, kernel_size, stride=1, padding=0
         lo, hi = _size_range(_size(i, k, s, p, 0, d), s, d)
         if not lo <= t <= hi:
             reachable = ", ".join(str(n) for n in range(max(lo, 1), hi + 1)) or "none"
-            where = "" if _all_ints(args) else f" along {_DIMS[dim]}"
+            where = "" if _all_scalars(args) else f" along {_DIMS[dim]}"
             raise ValueError(f"no output_padding reaches size {t}{where} (input_size={i}, "
                              f"kernel_size={k}, stride={s}, padding={p}, dilation={d}); "
                              f"reachable sizes: {reachable}")
         ops.append(t - lo)
-    return ops[0] if _all_ints(args) else tuple(ops)
+    return ops[0] if _all_scalars(args) else tuple(ops)
 
 
 def checkerboard(kernel_size, stride, dilation=1):
@@ -225,7 +225,8 @@ def _int(function, name, value):
     return operator.index(value)
 
 
-def _all_ints(args):
+def _all_scalars(args):
+    """Whether every argument was given as one int (then the result is one too)."""
     return all(given_as_int for _, given_as_int in args.values())
 
 

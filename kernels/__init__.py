@@ -1,22 +1,23 @@
 """fastconvt.kernels: Numba kernels for 2-D transposed convolution on NumPy arrays.
 
-Torch-free. Each family module (``direct``) exposes the same three entry points,
+Torch-free. Each family module (``direct``, ``gemm``) exposes the same three entry points,
 ``conv_transpose2d``, ``conv2d`` (its input adjoint) and ``weight_correlation``
 (its weight adjoint), over C-contiguous float32, float64, complex64 or complex128 arrays in NCHW
-layout. ``winograd`` computes the forward and input adjoint of 3x3 stride-1 layers with fewer
-multiplies (F(2x2, 3x3)). ``nhwc`` computes the three maps on channels-last (NHWC) arrays.
-``borders`` folds and pads the borders of the non-zero padding
-modes.
+layout. ``gemm`` computes them as matrix products around the layout kernels of ``columns``
+(the column form) and ``subpixel`` (the sub-pixel forms), within the workspace that
+``workspace`` plans. ``winograd`` computes the forward and input adjoint of 3x3 stride-1
+layers with fewer multiplies (F(2x2, 3x3)). ``nhwc`` computes the three maps on channels-last
+(NHWC) arrays. ``borders`` folds and pads the borders of the non-zero padding modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import _cache, borders, direct, gemm, nhwc, winograd
+from . import _cache, borders, columns, direct, gemm, nhwc, subpixel, winograd, workspace
 from ._config import compilations, num_threads, on_threads
 
-for _module in (borders, direct, gemm, nhwc, winograd):
+for _module in (borders, columns, direct, nhwc, subpixel, winograd):
     _cache.harden(_module)
 
-__all__ = ["borders", "direct", "gemm", "nhwc", "winograd", "FAMILIES", "compilations",
-           "num_threads", "on_threads", "warmup"]
+__all__ = ["borders", "columns", "direct", "gemm", "nhwc", "subpixel", "winograd", "workspace",
+           "FAMILIES", "compilations", "num_threads", "on_threads", "warmup"]
 
 # kernel families by name; each exposes conv_transpose2d, conv2d, weight_correlation
 FAMILIES = {"direct": direct, "gemm": gemm}

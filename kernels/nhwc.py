@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ._config import JIT, launch
-from .gemm import CHUNK_BYTES, DEFAULT_WORKSPACE_BYTES, numpy_gemm
+from .workspace import CHUNK_BYTES, DEFAULT_WORKSPACE_BYTES, numpy_gemm
 
 
 @functools.lru_cache(maxsize=256)

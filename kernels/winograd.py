@@ -19,7 +19,7 @@ from numba import njit, prange, uint64
 from . import gemm as gemm_family
 from ._config import JIT, launch
 from .direct import _check_layer, _output
-from .gemm import CHUNK_BYTES, numpy_gemm
+from .workspace import CHUNK_BYTES, numpy_gemm
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # (G f G^T)[a, b] = sum_kl G[a, k] G[b, l] f[k, l]: one product over flattened filters

@@ -176,7 +176,7 @@ def _products():
     dispatcher passes (torch.mm, oneDNN's where available)."""
     from fastconvt import _dispatch, _plans
 
-    return {"numpy": kernels.gemm.numpy_gemm, "torch-mm": _dispatch.torch_gemm,
+    return {"numpy": kernels.workspace.numpy_gemm, "torch-mm": _dispatch.torch_gemm,
             **({"onednn": _dispatch.onednn_gemm} if _plans.onednn_available() else {})}
 
 
@@ -191,8 +191,9 @@ def test_gemm_chunks(workspace_bytes, product, problem):
     geometry, shapes, dtype = problem
     x, w, y, b = _arrays(geometry, shapes, dtype)
     g = kernels.gemm
-    images, channels = g.chunking(x.shape[0], x.shape[1], w.shape[1], shapes["kernel"],
-                                  shapes["size"], x.itemsize, workspace_bytes)
+    images, channels = kernels.workspace.chunking(x.shape[0], x.shape[1], w.shape[1],
+                                                  shapes["kernel"], shapes["size"], x.itemsize,
+                                                  workspace_bytes)
     assert images >= 1 and 1 <= channels <= w.shape[1]
     if workspace_bytes == 1:
         assert (images, channels) == (1, 1)
