@@ -5,14 +5,8 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ._config import JIT, launch
+from .taps import input_row, phase_run, tap_range
 
-
-@njit(inline="always", **JIT)
-def _tap_range(offset, stride, n_in, n_out):
-    """Input indices ``i`` in ``[lo, hi)`` with ``0 <= i * stride + offset < n_out``."""
-    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
-    hi = min(n_in, (n_out - 1 - offset) // stride + 1)
-    return lo, max(lo, hi)
 
 @njit(**JIT)
 def _channels_first_jobs(x, n0, xt, to_xt, h_a, w_a, job_lo, job_hi):
@@ -72,16 +66,11 @@ def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h
                 n_q = (w_out - rw + sw - 1) // sw
                 acc[:n_q] = 0.0
                 for kh in range(k_h):
-                    num_h = oh + ph - kh * dh
-                    ih = num_h // sh
-                    if num_h % sh != 0 or ih < 0 or ih >= h_in:
+                    ih = input_row(oh, ph, kh, dh, sh, h_in)
+                    if ih < 0:
                         continue
                     for kw in range(k_w):
-                        num_w = rw + pw - kw * dw
-                        if num_w % sw != 0:
-                            continue
-                        t = num_w // sw
-                        q_lo, q_hi = max(0, -t), min(n_q, w_in - t)
+                        t, q_lo, q_hi = phase_run(rw, pw, kw, dw, sw, n_q, w_in)
                         if q_hi <= q_lo:
                             continue
                         # unsigned indices: no negative-index wraparound, so it vectorises
@@ -118,10 +107,10 @@ def _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw
         plane[:, :] = bias[co] if bias.shape[0] > 0 else 0.0
         for kh in range(k_h):
             off_h = kh * dh - ph
-            ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+            ih_lo, ih_hi = tap_range(off_h, sh, h_in, h_out)
             for kw in range(k_w):
                 off_w = kw * dw - pw
-                iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+                iw_lo, iw_hi = tap_range(off_w, sw, w_in, w_out)
                 row = (c * k_h + kh) * k_w + kw
                 for ih in range(ih_lo, ih_hi):
                     oh, base = ih * sh + off_h, n * hw + ih * w_in
@@ -153,7 +142,7 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
         off_h, off_w = kh * dh - ph, kw * dw - pw
         if periodic:
             # columns iw in [iw_lo, iw_hi) read inside the row, the rest wrap around
-            iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+            iw_lo, iw_hi = tap_range(off_w, sw, w_in, w_out)
             iw_lo, iw_hi = min(iw_lo, w_in), min(iw_hi, w_in)
             m = uint64(iw_hi - iw_lo)
             dst = cols[job]
@@ -173,8 +162,8 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
                     for iw in range(iw_hi, w_in):
                         dst[a + iw] = image[r + (iw * sw + off_w) % w_out]
             continue
-        ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
-        iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+        ih_lo, ih_hi = tap_range(off_h, sh, h_in, h_out)
+        iw_lo, iw_hi = tap_range(off_w, sw, w_in, w_out)
         cols[job, :] = 0.0
         if iw_hi <= iw_lo:
             continue

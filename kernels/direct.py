@@ -27,14 +27,7 @@ import numpy as np
 from numba import njit, prange, uint64
 
 from ._config import DTYPES, JIT, launch
-
-
-@njit(inline="always", **JIT)
-def _tap_range(offset, stride, n_in, n_out):
-    """Input indices ``i`` in ``[lo, hi)`` with ``0 <= i * stride + offset < n_out``."""
-    lo = max(0, -(offset // stride))  # ceil(-offset / stride)
-    hi = min(n_in, (n_out - 1 - offset) // stride + 1)
-    return lo, max(lo, hi)
+from .taps import input_row, phase_run, tap_range
 
 
 @njit(**JIT)
@@ -58,16 +51,11 @@ def _conv_transpose2d_rows(x, w, bias, y, sh, sw, ph, pw, dh, dw, groups, job_lo
             n_q = (w_out - rw + sw - 1) // sw
             acc[:n_q] = 0.0
             for kh in range(k_h):
-                num_h = oh + ph - kh * dh
-                ih = num_h // sh
-                if num_h % sh != 0 or ih < 0 or ih >= h_in:
+                ih = input_row(oh, ph, kh, dh, sh, h_in)
+                if ih < 0:
                     continue
                 for kw in range(k_w):
-                    num_w = rw + pw - kw * dw
-                    if num_w % sw != 0:
-                        continue
-                    t = num_w // sw
-                    q_lo, q_hi = max(0, -t), min(n_q, w_in - t)
+                    t, q_lo, q_hi = phase_run(rw, pw, kw, dw, sw, n_q, w_in)
                     if q_hi <= q_lo:
                         continue
                     # unsigned indices: no negative-index wraparound, so the loop vectorises
@@ -109,7 +97,7 @@ def _conv2d_rows(y, w, x, sh, sw, ph, pw, dh, dw, groups, job_lo, job_hi):
                     continue
                 for kw in range(k_w):
                     off = kw * dw - pw
-                    iw_lo, iw_hi = _tap_range(off, sw, w_in, w_out)
+                    iw_lo, iw_hi = tap_range(off, sw, w_in, w_out)
                     if iw_hi <= iw_lo:
                         continue
                     wv = w[ci, c, kh, kw]
@@ -139,10 +127,10 @@ def _weight_correlation_slices(x, y, w, sh, sw, ph, pw, dh, dw, groups, job_lo, 
         co = (ci // c_in_g) * c_out_g + c
         for kh in range(k_h):
             off_h = kh * dh - ph
-            ih_lo, ih_hi = _tap_range(off_h, sh, h_in, h_out)
+            ih_lo, ih_hi = tap_range(off_h, sh, h_in, h_out)
             for kw in range(k_w):
                 off_w = kw * dw - pw
-                iw_lo, iw_hi = _tap_range(off_w, sw, w_in, w_out)
+                iw_lo, iw_hi = tap_range(off_w, sw, w_in, w_out)
                 acc = 0.0  # float64 accumulator: this sum runs over N * H_in * W_in terms
                 if iw_hi > iw_lo:
                     a0, b0 = uint64(iw_lo), uint64(iw_lo * sw + off_w)
