@@ -10,7 +10,7 @@ layers with fewer multiplies (F(2x2, 3x3)). ``nhwc`` computes the three maps on 
 (NHWC) arrays. ``borders`` folds and pads the borders of the non-zero padding modes.
 Kernels compile lazily on first call (``warmup`` compiles them up front).
 """
-from . import _cache, borders, columns, direct, gemm, nhwc, subpixel, taps, winograd, workspace
+from . import _cache, borders, columns, direct, gemm, nhwc, subpixel, winograd, workspace
 from ._config import compilations, num_threads, on_threads
 
 for _module in (borders, columns, direct, nhwc, subpixel, winograd):

@@ -9,6 +9,9 @@ the input reaches the output exactly as it does in PyTorch.
 
 Every kernel comes as a serial function over a range of independent jobs plus a
 ``prange`` driver over contiguous ranges of them; :func:`launch` picks one per call.
+The drivers are written out per kernel, four lines each: one generic driver taking the
+serial kernel as an argument compiles, but Numba (0.68) cannot cache a function with a
+dispatcher argument, so every process would compile it again on first use.
 """
 import os
 import sys

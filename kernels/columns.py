@@ -51,9 +51,10 @@ def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h
     """``y[n0 + n, co0 + c] = bias + sum of cols`` over the taps that reach each
     pixel; job -> plane (n, c), images fastest. Like the direct kernel, each output row is split
     into stride phases, so every tap adds a contiguous run of ``cols`` into a
-    contiguous accumulator and each pixel is written once."""
+    contiguous accumulator and each pixel is written once. (The phase walk is
+    ``direct._conv_transpose2d_rows``'s, its arithmetic shared in :mod:`.taps`; the run
+    added differs: one row of ``cols`` here, a weighted sum over input channels there.)"""
     h_out, w_out = y.shape[2], y.shape[3]
-    c_out_g = cols.shape[0] // (k_h * k_w)
     hw = h_in * w_in
     images = cols.shape[1] // hw
     acc = np.empty((w_out + sw - 1) // sw, y.dtype)
@@ -97,7 +98,6 @@ def _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw
     planes, where the phase-split rows are too short to vectorise and their loop
     overhead dominates; job -> plane (n, c), images fastest."""
     h_out, w_out = y.shape[2], y.shape[3]
-    c_out_g = cols.shape[0] // (k_h * k_w)
     hw = h_in * w_in
     images = cols.shape[1] // hw
     for job in range(job_lo, job_hi):

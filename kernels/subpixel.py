@@ -151,7 +151,6 @@ def _pixel_shuffle_jobs(z, bias, y, n0, co0, a0h, a0w, na_h, na_w, sh, sw, ph, p
     the grid's size (which wraps only a periodic input's grid, one period long);
     job -> plane (n, c), images fastest."""
     h_out, w_out = y.shape[2], y.shape[3]
-    c_out_g = z.shape[0] // (sh * sw)
     na = na_h * na_w
     images = z.shape[1] // na
     su = uint64(sw)
