@@ -7,88 +7,14 @@ Forward converts zero-copy to NumPy (after making NCHW-contiguous), calls one
 kernel entry point and wraps the result; backward computes only what
 ``ctx.needs_input_grad`` asks for.
 """
-import time
-
 import torch
 from torch.autograd import forward_ad
 
-from . import _dispatch, _plans, _transforms, kernels
+from . import _dispatch, _transforms
+from ._borders import FoldBordersFunction, PadBordersFunction, _fold_borders, _pad_borders
+from ._bridge import _conj, _empty_like_layout, _np, _on_torch_threads
 
 # geometry: (stride, padding, dilation, groups), each spatial entry a pair of ints
-
-
-def _np(t, channels_last=False):
-    """A NumPy view of ``t``'s values (conjugate and negative views resolved),
-    NCHW-contiguous, or with ``channels_last`` also a channels-last tensor's own
-    memory (the dispatcher picks the layout it computes in)."""
-    if t is None:
-        return None
-    if t.is_complex():
-        t = t.resolve_conj().resolve_neg()
-    if not (t.is_contiguous() or (channels_last and _is_channels_last(t))):
-        t = t.contiguous()
-    return t.numpy(force=False) if not t.requires_grad else t.detach().numpy()
-
-
-def _is_channels_last(t):
-    """Whether ``t`` is a 4-D channels-last tensor and not also NCHW-contiguous."""
-    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
-        memory_format=torch.channels_last)
-
-
-def _empty_like_layout(shape, like):
-    """An empty tensor of ``shape`` and ``like``'s dtype, channels-last where ``like``
-    is (the layout its map computes in)."""
-    if _is_channels_last(like):
-        return torch.empty(shape, dtype=like.dtype, memory_format=torch.channels_last)
-    return torch.empty(shape, dtype=like.dtype)
-
-
-def _conj(t):
-    """Complex conjugate (differentiable); real tensors as they are. Each map is
-    bilinear without conjugation, so for complex tensors the gradient of one operand
-    (torch's convention: the adjoint applied to the output gradient) uses the
-    conjugate of the other."""
-    return t.conj_physical() if t.is_complex() else t
-
-
-# a call slower than this that compiled kernels or measured plans is reported, once per
-# process: a user should not wonder why a layer's first call took seconds
-SLOW_FIRST_CALL_SECONDS = 1.0
-_reported_slow_call = False
-
-
-def _report_slow_call(seconds, compiled, measured):
-    global _reported_slow_call
-    _reported_slow_call = True
-    what = " and ".join(
-        [f"Numba compiling {compiled} kernels (once per machine: later processes load them "
-         "from Numba's on-disk cache)"] * bool(compiled)
-        + [f"timing the layer's plans (once per layer shape and machine: kept in "
-           f"{_plans.cache_dir()})"] * bool(measured))
-    _plans.log.warning("fastconvt: a first call took %.1f s: %s. Later calls take "
-                       "milliseconds; fastconvt.warmup() compiles up front. (Reported once "
-                       "per process, logger 'fastconvt'.)", seconds, what)
-
-
-def _on_torch_threads(call, *args):
-    """``call(*args)`` with Numba on as many threads as torch uses; torch's own
-    count is restored afterwards, since Numba's first parallel launch can reset it
-    (numba#9387)."""
-    threads = torch.get_num_threads()
-    if not _reported_slow_call:
-        start = time.perf_counter()
-        compiled, measured = kernels.compilations(), _plans.measurements()
-    try:
-        return kernels.on_threads(threads, call, *args)
-    finally:
-        if not _reported_slow_call and time.perf_counter() - start > SLOW_FIRST_CALL_SECONDS:
-            compiled, measured = (kernels.compilations() - compiled,
-                                  _plans.measurements() - measured)
-            if compiled or measured:
-                _report_slow_call(time.perf_counter() - start, compiled, measured)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
 
 
 def _compute(map_name, shape, operands, geometry, size):
@@ -193,22 +119,6 @@ def _periodic_conv_transpose2d(x, w, b, geometry, out_hw, wrap):
                     (stride, padding, dilation, groups), out_hw)
 
 
-def _fold_borders(z, b, padding, mode):
-    (top, bottom), (left, right) = kernels.borders.borders(padding)
-    shape = z.shape[:2] + (z.shape[2] - top - bottom, z.shape[3] - left - right)
-    out = torch.empty(shape, dtype=z.dtype)
-    _on_torch_threads(kernels.borders.fold_borders, _np(z), _np(b), padding, mode, out.numpy())
-    return out
-
-
-def _pad_borders(x, padding, mode):
-    (top, bottom), (left, right) = kernels.borders.borders(padding)
-    shape = x.shape[:2] + (x.shape[2] + top + bottom, x.shape[3] + left + right)
-    out = torch.empty(shape, dtype=x.dtype)
-    _on_torch_threads(kernels.borders.pad_borders, _np(x), padding, mode, out.numpy())
-    return out
-
-
 def _save_operands(ctx, inputs, output):
     """setup_context of the three maps: the two operands (for backward and jvp), the
     geometry, the size argument and the output's shape."""
@@ -216,66 +126,6 @@ def _save_operands(ctx, inputs, output):
     ctx.save_for_backward(*inputs[:2])
     ctx.save_for_forward(*inputs[:2])
     ctx.out_shape = output.shape
-
-
-class FoldBordersFunction(_transforms.Function):
-    """``(z (N, C, H + 2 ph, W + 2 pw), b, (ph, pw), mode) -> (N, C, H, W)``: every
-    padded element added onto its source, then the bias (borders as in
-    :mod:`fastconvt.kernels.borders`: also ``((top, bottom), (left, right))``)."""
-
-    @staticmethod
-    def forward(z, b, padding, mode):
-        return _fold_borders(z, b, padding, mode)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, _, ctx.padding, ctx.mode = inputs
-        ctx.out_shape = output.shape
-
-    @staticmethod
-    def backward(ctx, gx):
-        gz = gb = None
-        if ctx.needs_input_grad[0]:
-            gz = PadBordersFunction.apply(gx, ctx.padding, ctx.mode)
-        if ctx.needs_input_grad[1]:
-            gb = gx.sum((0, 2, 3))
-        return gz, gb, None, None
-
-    @staticmethod
-    def jvp(ctx, dz, db, *_):
-        fold = None if dz is None else FoldBordersFunction.apply(dz, None, ctx.padding, ctx.mode)
-        return _transforms.tangent([fold], ctx.out_shape, dz if db is None else db, db)
-
-    @staticmethod
-    def vmap(info, in_dims, z, b, padding, mode):
-        return _transforms.vmap_fold(
-            lambda z, b: FoldBordersFunction.apply(z, b, padding, mode), in_dims[:2], z, b)
-
-
-class PadBordersFunction(_transforms.Function):
-    """``(x (N, C, H, W), (ph, pw), mode) -> (N, C, H + 2 ph, W + 2 pw)``, as
-    ``F.pad(x, (pw, pw, ph, ph), mode)``: the adjoint of the fold."""
-
-    @staticmethod
-    def forward(x, padding, mode):
-        return _pad_borders(x, padding, mode)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, ctx.padding, ctx.mode = inputs
-
-    @staticmethod
-    def backward(ctx, gz):
-        return FoldBordersFunction.apply(gz, None, ctx.padding, ctx.mode), None, None
-
-    @staticmethod
-    def jvp(ctx, dx, *_):
-        return PadBordersFunction.apply(dx, ctx.padding, ctx.mode)
-
-    @staticmethod
-    def vmap(info, in_dims, x, padding, mode):
-        return _transforms.vmap_fold(lambda x, _: PadBordersFunction.apply(x, padding, mode),
-                                     (in_dims[0], None), x, None)
 
 
 class ConvTranspose2dFunction(_transforms.Function):

@@ -13,7 +13,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from . import _autograd
+from . import _autograd, _borders, _bridge
 
 
 def _geometry(stride, padding, dilation, groups):
@@ -61,16 +61,16 @@ def periodic_conv_transpose2d(x: Tensor, w: Tensor, b: Optional[Tensor], stride:
 def fold_borders(z: Tensor, b: Optional[Tensor], padding: List[int], mode: str) -> Tensor:
     """The padded borders of ``z`` folded onto their sources, plus ``b``; ``padding``
     ``[ph, pw]`` or ``[top, bottom, left, right]``."""
-    return _autograd._fold_borders(z, b, _borders(padding), mode)
+    return _borders._fold_borders(z, b, _sides(padding), mode)
 
 
 @torch.library.custom_op("fastconvt::pad_borders", mutates_args=())
 def pad_borders(x: Tensor, padding: List[int], mode: str) -> Tensor:
     """``F.pad(x, ..., mode)``: the fold's adjoint."""
-    return _autograd._pad_borders(x, _borders(padding), mode)
+    return _borders._pad_borders(x, _sides(padding), mode)
 
 
-def _borders(padding):
+def _sides(padding):
     """An operator's ``padding`` list as ``((top, bottom), (left, right))``."""
     if len(padding) == 2:
         return tuple((p, p) for p in padding)
@@ -81,17 +81,17 @@ def _borders(padding):
 
 @conv_transpose2d.register_fake
 def _(x, w, b, stride, padding, dilation, groups, size):
-    return _autograd._empty_like_layout((x.shape[0], w.shape[1] * groups, *size), x)
+    return _bridge._empty_like_layout((x.shape[0], w.shape[1] * groups, *size), x)
 
 
 @conv2d.register_fake
 def _(y, w, stride, padding, dilation, groups, size):
-    return _autograd._empty_like_layout((y.shape[0], w.shape[0], *size), y)
+    return _bridge._empty_like_layout((y.shape[0], w.shape[0], *size), y)
 
 
 @weight_correlation.register_fake
 def _(x, y, stride, padding, dilation, groups, size):
-    return _autograd._empty_like_layout((x.shape[1], y.shape[1] // groups, *size), x)
+    return _bridge._empty_like_layout((x.shape[1], y.shape[1] // groups, *size), x)
 
 
 @periodic_conv_transpose2d.register_fake
@@ -101,13 +101,13 @@ def _(x, w, b, stride, padding, dilation, groups, size, wrap):
 
 @fold_borders.register_fake
 def _(z, b, padding, mode):
-    (top, bottom), (left, right) = _borders(padding)
+    (top, bottom), (left, right) = _sides(padding)
     return z.new_empty((*z.shape[:2], z.shape[2] - top - bottom, z.shape[3] - left - right))
 
 
 @pad_borders.register_fake
 def _(x, padding, mode):
-    (top, bottom), (left, right) = _borders(padding)
+    (top, bottom), (left, right) = _sides(padding)
     return x.new_empty((*x.shape[:2], x.shape[2] + top + bottom, x.shape[3] + left + right))
 
 
@@ -128,7 +128,7 @@ def _bias_grad(ctx, gy, index=2):
 
 
 def _conv_transpose2d_backward(ctx, gy):
-    x, w = map(_autograd._conj, ctx.saved_tensors)
+    x, w = map(_bridge._conj, ctx.saved_tensors)
     geometry = _geometry_args(ctx)
     gx = conv2d(gy, w, *geometry, list(x.shape[2:])) if ctx.needs_input_grad[0] else None
     gw = weight_correlation(x, gy, *geometry, list(w.shape[2:])) \
@@ -137,7 +137,7 @@ def _conv_transpose2d_backward(ctx, gy):
 
 
 def _conv2d_backward(ctx, gx):
-    y, w = map(_autograd._conj, ctx.saved_tensors)
+    y, w = map(_bridge._conj, ctx.saved_tensors)
     geometry = _geometry_args(ctx)
     gy = conv_transpose2d(gx, w, None, *geometry, list(y.shape[2:])) \
         if ctx.needs_input_grad[0] else None
@@ -147,7 +147,7 @@ def _conv2d_backward(ctx, gx):
 
 
 def _weight_correlation_backward(ctx, gw):
-    x, y = map(_autograd._conj, ctx.saved_tensors)
+    x, y = map(_bridge._conj, ctx.saved_tensors)
     geometry = _geometry_args(ctx)
     gx = conv2d(y, gw, *geometry, list(x.shape[2:])) if ctx.needs_input_grad[0] else None
     gy = conv_transpose2d(x, gw, None, *geometry, list(y.shape[2:])) \
@@ -157,7 +157,7 @@ def _weight_correlation_backward(ctx, gw):
 
 def _periodic_backward(ctx, gy):
     """The zeros-mode gradients over the output gradient's periodic extension."""
-    x, w = map(_autograd._conj, ctx.saved_tensors)
+    x, w = map(_bridge._conj, ctx.saved_tensors)
     stride, padding, dilation, groups = _geometry_args(ctx)
     gz = pad_borders(gy, padding, "circular")
     geometry = (stride, [0, 0], dilation, groups)

@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from . import _torch_path, functional
+from . import _arguments, _torch_path, functional
 
 PADDINGS = ("same", "valid")
 crop = _torch_path.crop
@@ -29,7 +29,7 @@ def check(padding, output_padding, error=RuntimeError):
     if padding not in PADDINGS:
         raise TypeError(f"conv_transpose2d(): argument 'padding' must be a tuple of ints, "
                         f"'same' or 'valid', not {padding!r}")
-    if any(functional._pair("output_padding", output_padding)):
+    if any(_arguments._pair("output_padding", output_padding)):
         raise error(f"padding={padding!r} sets the output size: output_padding must be 0, "
                     f"but got output_padding={output_padding}")
 
@@ -61,14 +61,14 @@ def conv_transpose2d(input, weight, bias, stride, padding, output_padding, group
             up = lambda t: None if t is None else t.float()  # noqa: E731
             return conv_transpose2d(up(input), up(weight), up(bias), stride, padding, 0,
                                     groups, dilation, padding_mode).to(input.dtype)
-        pair = functional._pair
+        pair = _arguments._pair
         with warnings.catch_warnings():
             # the sizes are Python values: a trace keeps them as the constants they are
             # for the traced shapes
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             return _torch_path.conv_transpose2d_string(
                 input, weight, bias, list(pair("stride", stride)), padding,
-                functional._int("groups", groups), list(pair("dilation", dilation)),
+                _arguments._int("groups", groups), list(pair("dilation", dilation)),
                 padding_mode)
     unbatched, x, geometry, _ = functional._prepare(input, weight, bias, stride, 0, 0, groups,
                                                     dilation)

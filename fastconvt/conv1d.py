@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from . import _same, _torch_path
-from .functional import _check_types, _int, conv_transpose2d
+from ._arguments import _check_types, _int
+from .functional import conv_transpose2d
 from .modules import KernelsLayer
 
 

@@ -80,10 +80,10 @@ def _slow_call_messages(monkeypatch, caplog, compiles):
     ``compiles`` giving kernels.compilations()'s successive answers."""
     import logging
 
-    from fastconvt import _autograd
+    from fastconvt import _bridge
 
-    monkeypatch.setattr(_autograd, "_reported_slow_call", False)
-    monkeypatch.setattr(_autograd, "SLOW_FIRST_CALL_SECONDS", 0.0)
+    monkeypatch.setattr(_bridge, "_reported_slow_call", False)
+    monkeypatch.setattr(_bridge, "SLOW_FIRST_CALL_SECONDS", 0.0)
     monkeypatch.setattr(fastconvt.kernels, "compilations", compiles)
     x, w = torch.randn(1, 2, 3, 3, dtype=torch.float64), torch.randn(2, 2, 3, 3,
                                                                     dtype=torch.float64)

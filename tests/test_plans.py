@@ -82,7 +82,9 @@ def test_small_layers_take_the_rule_untimed_and_unstored(measuring, monkeypatch)
     monkeypatch.undo()
     monkeypatch.setenv("FASTCONVT_CACHE_DIR", str(measuring))
     fastconvt.set_autotune(True)
-    monkeypatch.setattr(_plans, "measure", lambda *a, **k: pytest.fail("measured"))
+    measure = _plans.measure  # (with fewer than two plans it times nothing)
+    monkeypatch.setattr(_plans, "measure", lambda run, plans, *a, **k: pytest.fail("measured")
+                        if len(plans) > 1 else measure(run, plans, *a, **k))
     x, w, kw = _layer()  # 3 * 5 * 5 * 16 * 8 * 4 * 4 multiply-adds
     assert 3 * 5 * 5 * w.numel() < _plans.MEASURE_MIN_WORK
     fastconvt.conv_transpose2d(x, w, **kw).sum().backward()
@@ -95,6 +97,13 @@ def test_small_layers_take_the_rule_untimed_and_unstored(measuring, monkeypatch)
                                   rule)
         assert len(plans) > 1
         assert any(p[2] == "onednn" for p in plans) == (onednn and _plans.onednn_available())
+
+
+def test_measure_times_nothing_for_fewer_than_two_plans():
+    before = _plans.measurements()
+    for plans in ([], [("gemm", "", "mm")]):
+        assert _plans.measure(lambda p: pytest.fail("ran"), plans) == (None, {})
+    assert _plans.measurements() == before
 
 
 def test_measure_picks_the_fastest_and_drops_the_hopeless():
