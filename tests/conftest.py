@@ -110,6 +110,24 @@ def check_values_and_gradients(compute, oracle, tensors, dtype):
     return out, ref
 
 
+def draw_layer(draw, st, channels=3, kernel=4, stride=3, size=5, padding=3, padding_limit=None):
+    """A random valid layer for the hypothesis sweeps: ``(groups, c_in, c_out, kernel,
+    stride, dilation, size, padding, output_padding)``, each spatial value a pair, drawn
+    up to the given bounds; the padding is cut to ``padding_limit(b)`` of each axis's
+    unpadded size ``b`` (default: what keeps the output non-empty)."""
+    groups = draw(st.integers(1, 3))
+    c_in, c_out = groups * draw(st.integers(1, channels)), groups * draw(st.integers(1, channels))
+    pair = lambda lo, hi: (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))  # noqa: E731
+    kernel, stride, dilation, size = pair(1, kernel), pair(1, stride), pair(1, 3), pair(1, size)
+    pads = pair(0, padding)
+    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
+    base = [(i - 1) * s + d * (k - 1) + op + 1
+            for i, s, d, k, op in zip(size, stride, dilation, kernel, output_padding)]
+    limit = padding_limit or (lambda b: (b - 1) // 2)
+    pads = tuple(min(p, limit(b)) for p, b in zip(pads, base))
+    return groups, c_in, c_out, kernel, stride, dilation, size, pads, output_padding
+
+
 @pytest.fixture(params=DTYPES, ids=lambda d: str(d).split(".")[-1])
 def dtype(request):
     return request.param

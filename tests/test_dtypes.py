@@ -34,7 +34,7 @@ from hypothesis import given, settings, strategies as st
 from torch.autograd import gradcheck, gradgradcheck
 
 import fastconvt
-from conftest import PLANS, RTOL, assert_close, plan_id, with_layout
+from conftest import PLANS, RTOL, assert_close, draw_layer, plan_id, with_layout
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
@@ -343,15 +343,8 @@ def test_complex_gradcheck(name, family):
 @st.composite
 def problems(draw, dtypes):
     """A random valid call in one of ``dtypes``: tensors, keyword arguments, dtype."""
-    groups = draw(st.integers(1, 3))
-    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
-    pair = lambda lo, hi: (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))  # noqa: E731
-    kernel, stride, dilation, size = pair(1, 4), pair(1, 3), pair(1, 3), pair(1, 5)
-    padding = pair(0, 3)
-    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
-    # shrink the padding until the output is non-empty
-    padding = tuple(min(p, ((i - 1) * s + d * (k - 1) + op) // 2) for i, s, p, d, k, op
-                    in zip(size, stride, padding, dilation, kernel, output_padding))
+    (groups, c_in, c_out, kernel, stride, dilation, size, padding,
+     output_padding) = draw_layer(draw, st)
     dtype = draw(st.sampled_from(dtypes))
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
     x = _randn((draw(st.integers(1, 3)), c_in) + size, dtype, g)

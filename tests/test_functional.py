@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fastconvt
-from conftest import (DTYPES, PLANS, assert_close, check_values_and_gradients, plan_id,
-                      reference, with_layout)
+from conftest import (DTYPES, PLANS, assert_close, check_values_and_gradients, draw_layer,
+                      plan_id, reference, with_layout)
 
 # (N, C_in, C_out, groups, H, W, kernel, stride, padding, output_padding, dilation)
 CASES = {
@@ -119,17 +119,8 @@ def test_non_finite_output_gradient_reaches_the_gradients_like_torch(value):
 @st.composite
 def problems(draw):
     """A random valid call: tensors, keyword arguments and the dtype."""
-    groups = draw(st.integers(1, 3))
-    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
-    pair = lambda lo, hi: (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))  # noqa: E731
-    kernel, stride, dilation, size = pair(1, 4), pair(1, 3), pair(1, 3), pair(1, 6)
-    padding = pair(0, 3)
-    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
-    out_hw = [(i - 1) * s - 2 * p + d * (k - 1) + op + 1 for i, s, p, d, k, op
-              in zip(size, stride, padding, dilation, kernel, output_padding)]
-    if min(out_hw) <= 0:  # shrink the padding until the output is non-empty
-        padding = tuple(min(p, ((i - 1) * s + d * (k - 1) + op) // 2) for i, s, p, d, k, op
-                        in zip(size, stride, padding, dilation, kernel, output_padding))
+    (groups, c_in, c_out, kernel, stride, dilation, size, padding,
+     output_padding) = draw_layer(draw, st, size=6)
     dtype = draw(st.sampled_from(DTYPES))
     seed = draw(st.integers(0, 2**31))
     g = torch.Generator().manual_seed(seed)

@@ -20,7 +20,7 @@ from torch.autograd import gradcheck, gradgradcheck
 import fastconvt
 from fastconvt import _autograd, kernels
 from conftest import (DTYPES, LAYOUTS, RTOL, assert_close, check_values_and_gradients,
-                      reference, with_layout)
+                      draw_layer, reference, with_layout)
 
 MODES = ("zeros", "reflect", "replicate", "circular")
 FOLDING_MODES = MODES[1:]
@@ -122,17 +122,10 @@ def _check_forward_backward(y, weight, bias, kw, mode):
 @st.composite
 def problems(draw, mode):
     """A random call whose padding ``mode`` can fold: tensors and keyword arguments."""
-    groups = draw(st.integers(1, 3))
-    c_in, c_out = groups * draw(st.integers(1, 2)), groups * draw(st.integers(1, 2))
-    pair = lambda lo, hi: (draw(st.integers(lo, hi)), draw(st.integers(lo, hi)))  # noqa: E731
-    kernel, stride, dilation, size = pair(1, 4), pair(1, 3), pair(1, 3), pair(1, 5)
-    output_padding = tuple(draw(st.integers(0, max(s, d) - 1)) for s, d in zip(stride, dilation))
-    # the output size plus twice the padding; the padding is cut to what the mode folds
-    base = [(i - 1) * s + d * (k - 1) + op + 1
-            for i, s, d, k, op in zip(size, stride, dilation, kernel, output_padding)]
-    limit = {"reflect": lambda b: (b - 1) // 3, "circular": lambda b: b // 3}.get(
-        mode, lambda b: (b - 1) // 2)
-    padding = tuple(min(draw(st.integers(0, 4)), limit(b)) for b in base)
+    # the padding is cut to what the mode folds (b: the output size plus twice the padding)
+    limit = {"reflect": lambda b: (b - 1) // 3, "circular": lambda b: b // 3}.get(mode)
+    (groups, c_in, c_out, kernel, stride, dilation, size, padding,
+     output_padding) = draw_layer(draw, st, channels=2, padding=4, padding_limit=limit)
     shape = (draw(st.integers(1, 2)), c_in) + size
     y, weight, bias = _tensors(shape, c_out, groups, kernel, draw(st.booleans()),
                                seed=draw(st.integers(0, 2**31)))
