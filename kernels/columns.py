@@ -1,6 +1,8 @@
 """The column form's layout kernels: image <-> column gathers and scatters around the
 GEMM family's products (see :mod:`.gemm` for the layouts), and the channels-first copy
-of a batch chunk. One serial kernel over a range of jobs and its ``prange`` driver each."""
+of a batch chunk. One serial kernel over a range of jobs and its ``prange`` driver each.
+``geometry`` is ``(sh, sw, ph, pw, dh, dw, kH, kW)``: strides, paddings, dilations and
+the kernel size."""
 import numpy as np
 from numba import njit, prange, uint64
 
@@ -46,14 +48,14 @@ def _channels_first_parallel(x, n0, xt, to_xt, h_a, w_a, n_chunks):
                              (t + 1) * n_jobs // n_chunks)
 
 @njit(**JIT)
-def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
-                 job_lo, job_hi):
+def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, geometry, job_lo, job_hi):
     """``y[n0 + n, co0 + c] = bias + sum of cols`` over the taps that reach each
     pixel; job -> plane (n, c), images fastest. Like the direct kernel, each output row is split
     into stride phases, so every tap adds a contiguous run of ``cols`` into a
     contiguous accumulator and each pixel is written once. (The phase walk is
     ``direct._conv_transpose2d_rows``'s, its arithmetic shared in :mod:`.taps`; the run
     added differs: one row of ``cols`` here, a weighted sum over input channels there.)"""
+    sh, sw, ph, pw, dh, dw, k_h, k_w = geometry
     h_out, w_out = y.shape[2], y.shape[3]
     hw = h_in * w_in
     images = cols.shape[1] // hw
@@ -84,19 +86,18 @@ def _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h
                     y[n0 + n, co, oh, rw + sw * q] = acc[q] + b
 
 @njit(parallel=True, **JIT)
-def _col2im_parallel(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
-                     n_chunks):
-    n_jobs = (cols.shape[1] // (h_in * w_in)) * (cols.shape[0] // (k_h * k_w))
+def _col2im_parallel(cols, bias, y, n0, co0, h_in, w_in, geometry, n_chunks):
+    n_jobs = (cols.shape[1] // (h_in * w_in)) * (cols.shape[0] // (geometry[6] * geometry[7]))
     for t in prange(n_chunks):
-        _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
-                     t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+        _col2im_jobs(cols, bias, y, n0, co0, h_in, w_in, geometry, t * n_jobs // n_chunks,
+                     (t + 1) * n_jobs // n_chunks)
 
 @njit(**JIT)
-def _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
-                      job_lo, job_hi):
+def _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, geometry, job_lo, job_hi):
     """What ``_col2im_jobs`` computes, tap by tap over the whole plane: for small
     planes, where the phase-split rows are too short to vectorise and their loop
     overhead dominates; job -> plane (n, c), images fastest."""
+    sh, sw, ph, pw, dh, dw, k_h, k_w = geometry
     h_out, w_out = y.shape[2], y.shape[3]
     hw = h_in * w_in
     images = cols.shape[1] // hw
@@ -118,19 +119,18 @@ def _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw
                         plane[oh, iw * sw + off_w] += cols[row, base + iw]
 
 @njit(parallel=True, **JIT)
-def _col2im_taps_parallel(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h,
-                          k_w, n_chunks):
-    n_jobs = (cols.shape[1] // (h_in * w_in)) * (cols.shape[0] // (k_h * k_w))
+def _col2im_taps_parallel(cols, bias, y, n0, co0, h_in, w_in, geometry, n_chunks):
+    n_jobs = (cols.shape[1] // (h_in * w_in)) * (cols.shape[0] // (geometry[6] * geometry[7]))
     for t in prange(n_chunks):
-        _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h,
-                          k_w, t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+        _col2im_taps_jobs(cols, bias, y, n0, co0, h_in, w_in, geometry, t * n_jobs // n_chunks,
+                          (t + 1) * n_jobs // n_chunks)
 
 @njit(**JIT)
-def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w, periodic,
-                 job_lo, job_hi):
+def _im2col_jobs(y, cols, n0, co0, h_in, w_in, geometry, periodic, job_lo, job_hi):
     """``cols[(c, kh, kw), (n, ih, iw)] = y[n0 + n, co0 + c, oh, ow]`` (0 off the
     image, or for ``periodic`` the image's periodic extension: ``oh, ow`` modulo
     its size), ``oh = ih*sh - ph + kh*dh``; job -> row ``(c, kh, kw)``."""
+    sh, sw, ph, pw, dh, dw, k_h, k_w = geometry
     h_out, w_out = y.shape[2], y.shape[3]
     hw = h_in * w_in
     n_batch = cols.shape[1] // hw
@@ -176,12 +176,11 @@ def _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w,
                     cols[job, a0 + j] = y[n0 + n, co, oh, b0 + j * su]
 
 @njit(parallel=True, **JIT)
-def _im2col_parallel(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w, periodic,
-                     n_chunks):
+def _im2col_parallel(y, cols, n0, co0, h_in, w_in, geometry, periodic, n_chunks):
     n_jobs = cols.shape[0]
     for t in prange(n_chunks):
-        _im2col_jobs(y, cols, n0, co0, h_in, w_in, sh, sw, ph, pw, dh, dw, k_h, k_w, periodic,
-                     t * n_jobs // n_chunks, (t + 1) * n_jobs // n_chunks)
+        _im2col_jobs(y, cols, n0, co0, h_in, w_in, geometry, periodic, t * n_jobs // n_chunks,
+                     (t + 1) * n_jobs // n_chunks)
 
 def _col2im_by_taps(out_hw, stride):
     """Whether the column scatter goes tap by tap over whole planes: where an output

@@ -119,7 +119,7 @@ def conv_transpose2d(x, w, bias, stride, padding, dilation, groups, out_hw, out=
             gemm(_weight_matrix(w, g, c_in_g).T[rows], xt[g * c_in_g:(g + 1) * c_in_g], cols,
                  False)
             launch(*scatter,
-                   (cols, bias, y, n0, g * c_out_g + c0, h_in, w_in, *geometry),
+                   (cols, bias, y, n0, g * c_out_g + c0, h_in, w_in, geometry),
                    nc * (cols.shape[0] // blocks.kk), cols.size, parallel)
     return y
 
@@ -170,7 +170,7 @@ def conv2d(y, w, stride, padding, dilation, groups, in_hw, out=None, parallel=No
         x_image = x[n0].reshape(c_in, blocks.hw) if xt is None else xt
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g + c0, *in_hw, *geometry, periodic),
+                   (y, cols, n0, g * c_out_g + c0, *in_hw, geometry, periodic),
                    cols.shape[0],
                    cols.size, parallel)
             gemm(_weight_matrix(w, g, c_in_g)[:, rows], cols,
@@ -212,7 +212,7 @@ def weight_correlation(x, y, stride, padding, dilation, groups, kernel_hw, out=N
         xt = _channels_first(x, n0, xt, parallel)
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry, periodic),
+                   (y, cols, n0, g * c_out_g + c0, h_in, w_in, geometry, periodic),
                    cols.shape[0],
                    cols.size, parallel)
             gemm(xt[g * c_in_g:(g + 1) * c_in_g], cols.T, _weight_matrix(w, g, c_in_g)[:, rows],
@@ -265,7 +265,7 @@ def conv_transpose2d_backward(x, w, gy, stride, padding, dilation, groups, gx_ou
         gx_image = gx[n0].reshape(c_in, blocks.hw) if gxt is None else gxt
         for g, c0, rows, cols in blocks.products(nc):
             launch(_im2col_jobs, _im2col_parallel,
-                   (gy, cols, n0, g * c_out_g + c0, h_in, w_in, *geometry, periodic),
+                   (gy, cols, n0, g * c_out_g + c0, h_in, w_in, geometry, periodic),
                    cols.shape[0],
                    cols.size, parallel)
             group = slice(g * c_in_g, (g + 1) * c_in_g)

@@ -357,7 +357,7 @@ def _subpixel_gradients(x, w, gy, stride, padding, groups, kernel_hw, gx, gw, pa
         g_all = g_buffer[:groups * rows_g * nc * na].reshape(groups * rows_g, nc * na)
         # G is the column gather of a kernel the size of the stride on the grid
         launch(_im2col_jobs, _im2col_parallel,
-               (gy, g_all, n0, 0, h_a, w_a, sh, sw, ph, pw, 1, 1, sh, sw, periodic),
+               (gy, g_all, n0, 0, h_a, w_a, (sh, sw, ph, pw, 1, 1, sh, sw), periodic),
                g_all.shape[0], g_all.size, parallel)
         x_grid, gx_grid = (grid_buffer[i, :c_in * nc * na].reshape(c_in, nc * na)
                            for i in (0, grids - 1))
