@@ -9,10 +9,12 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import fastconvt
+from fastconvt import kernels
 from conftest import PLANS, plan_id
 
 WORKSPACE_BYTES = 64 << 20
@@ -89,3 +91,21 @@ def test_whole_call_stays_within_the_readme_bound(mode, channels_last):
     assert batch * 128 * 16 * 64 * 64 * 4 / mib > bound  # unchunked columns would break it
     over = {plan: round(peak) for plan, peak in peaks.items() if peak > bound}
     assert not over, f"MiB above the bound {bound:.0f}: {over}"
+
+
+def test_gemm_subpixel_only_within_the_workspace_bound(monkeypatch):
+    """The sub-pixel forward holds a whole image's columns: where they exceed the
+    workspace budget, the column form (which also splits output channels) computes the
+    same result instead."""
+    g = kernels.gemm
+    x, w = np.ones((2, 16, 10, 10)), np.ones((16, 8, 4, 4))  # DCGAN-like: sub-pixel pays
+    used = []
+    original = g._subpixel_conv_transpose2d
+    monkeypatch.setattr(g, "_subpixel_conv_transpose2d",
+                        lambda *args: used.append(True) or original(*args))
+    roomy = g.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (20, 20))
+    assert used == [True]
+    tight = g.conv_transpose2d(x, w, None, (2, 2), (1, 1), (1, 1), 1, (20, 20),
+                               workspace_bytes=4096)  # one image's columns: 93 KB
+    assert used == [True]
+    np.testing.assert_allclose(tight, roomy)
