@@ -77,7 +77,7 @@ def measure_in_subprocess(name, dtype="float32", mode="forward", impl="fastconvt
     code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import memory; "
             f"print(memory.measure({name!r}, {dtype!r}, {mode!r}, {impl!r}, {plan!r}))")
     env = dict(os.environ, **ENV)
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True,
                           text=True, timeout=600)
     if done.returncode:
         raise RuntimeError(f"{name} {mode} {impl}: {done.stderr.strip()[-2000:]}")

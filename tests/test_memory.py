@@ -80,7 +80,7 @@ def test_whole_call_stays_within_the_readme_bound(mode, channels_last):
     script = CALL_SCRIPT.format(bench=str(BENCH), channels_last=channels_last, mode=mode,
                                 plans=PLANS, batch=batch)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", GLIBC_TUNABLES="")
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+    done = subprocess.run([sys.executable, "-P", "-c", script], env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     peaks = json.loads(done.stdout.splitlines()[-1])
