@@ -301,6 +301,14 @@ def _empty_batch(input, weight, bias, out_shape):
     """An empty batch's output, built as torch builds it (an elementwise product
     viewed to the output shape): nothing to compute, and the same strides and
     zero gradients as torch's."""
+    if input.is_complex():
+        # torch allocates a complex layer's output afresh, computing its contiguous
+        # strides with an int64 overflow check (a real layer's wrap silently)
+        stride = 1
+        for size in reversed(out_shape[1:]):
+            stride *= max(size, 1)
+            if stride >= 2 ** 63:
+                raise RuntimeError("Stride calculation overflowed")
     out = input * weight.reshape(-1)[0]
     if bias is not None:
         out = out + bias[0]
