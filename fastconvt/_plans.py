@@ -107,8 +107,10 @@ def candidates(map_name, dtype, operand_shapes, geometry, size, rule):
     # form lacks)
     if subpixel_kernel(w_shape[2:], stride, dilation) is not None and tuple(stride) != (1, 1):
         forms.append("subpixel")
+    channels = w_shape[:2] if map_name == "conv_transpose2d" else w_shape[1::-1]
     if (WINOGRAD and map_name in ("conv_transpose2d", "conv2d") and np.dtype(dtype).kind == "f"
-            and kernels.winograd.applies(w_shape[2:], stride, dilation, groups)):
+            and kernels.winograd.applies(w_shape[2:], stride, dilation, groups)
+            and kernels.winograd.fits(size, *channels, np.dtype(dtype).itemsize)):
         forms.append("winograd")
     # the direct kernels have no register blocking: where the products are large in
     # both dimensions they are several times slower, and timing them costs seconds;

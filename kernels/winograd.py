@@ -19,7 +19,7 @@ from numba import njit, prange, uint64
 from . import gemm as gemm_family
 from ._config import JIT, launch
 from .direct import _check_layer, _output
-from .workspace import CHUNK_BYTES, numpy_gemm
+from .workspace import CHUNK_BYTES, DEFAULT_WORKSPACE_BYTES, numpy_gemm
 
 _G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 # (G f G^T)[a, b] = sum_kl G[a, k] G[b, l] f[k, l]: one product over flattened filters
@@ -145,6 +145,21 @@ def _from_tiles_parallel(tiles, bias, out, n0, n_chunks):
                          (t + 1) * n_jobs // n_chunks)
 
 
+def _image_bytes(out_hw, c_in, c_out, itemsize):
+    """The bytes of one image's buffers: its transforms V and M, its padded plane and its
+    output tiles."""
+    tiles = -(-out_hw[0] // 2) * -(-out_hw[1] // 2)
+    plane = (2 * -(-out_hw[0] // 2) + 2) * (2 * -(-out_hw[1] // 2) + 2)
+    return (16 * (c_in + c_out) * tiles + plane * c_in + 4 * tiles * c_out) * itemsize
+
+
+def fits(out_hw, c_in, c_out, itemsize, workspace_bytes=None):
+    """Whether one image's buffers (the form never holds less), with the transformed
+    filters, stay within the workspace bound: the planner offers the form only there."""
+    budget = DEFAULT_WORKSPACE_BYTES if workspace_bytes is None else workspace_bytes
+    return _image_bytes(out_hw, c_in, c_out, itemsize) + 16 * c_in * c_out * itemsize <= budget
+
+
 def _filters(f, dtype, gemm):
     """``U[4 a + b, i, o] = (G f[o, i] G^T)[a, b]`` for ``f`` of shape (O, I, 3, 3), by
     ``gemm`` (NumPy's product would start a third thread pool beside Numba's and torch's)."""
@@ -162,8 +177,7 @@ def _correlate(inp, filters, bias, offset, out, parallel, gemm):
     u = _filters(filters, inp.dtype, gemm)
     bias = np.zeros(c_out, inp.dtype) if bias.shape[0] == 0 else bias
     plane_hw = (2 * tiles_h + 2, 2 * tiles_w + 2)
-    per_image_bytes = (16 * (c_in + c_out) * per_image + plane_hw[0] * plane_hw[1] * c_in
-                       + 4 * per_image * c_out) * inp.itemsize
+    per_image_bytes = _image_bytes((h_out, w_out), c_in, c_out, inp.itemsize)
     images = max(1, min(n_batch, CHUNK_BYTES // per_image_bytes))
     plane = np.zeros((images,) + plane_hw + (c_in,), inp.dtype)
     tiles = np.empty((images, 2 * tiles_h, 2 * tiles_w, c_out), inp.dtype)

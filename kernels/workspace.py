@@ -18,9 +18,6 @@ def numpy_gemm(a, b, out, accumulate):
         np.matmul(a, b, out=out)
 
 
-# a copy of direct._tap_range: Numba's on-disk cache does not see edits to njit
-# functions in other modules, so kernels that call each other share a module
-
 def chunking(n_batch, c_in, c_out_g, kernel_hw, in_hw, itemsize, workspace_bytes=None):
     """(images, output channels) per chunk so that ``X_g`` and ``cols`` fit
     ``workspace_bytes``: whole channel groups when one image fits (as many images

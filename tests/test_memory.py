@@ -29,19 +29,25 @@ def test_workspace_stays_within_the_bound(plan):
     columns = x.shape[0] * x.shape[2] * x.shape[3] * w[0].numel() * x.element_size()
     assert columns >= 2 * WORKSPACE_BYTES  # unchunked, the columns alone would not fit
 
+    with fastconvt.use_family(*plan):
+        peak = _traced_peak(x, w)
+    assert peak <= WORKSPACE_BYTES, f"{peak / 2**20:.1f} MiB"
+
+
+def _traced_peak(x, w):
+    """The NumPy (tracemalloc) peak of one forward and backward of the k4/s2/p1 layer,
+    after a first call that compiles and loads outside the trace."""
     def call():
         out = fastconvt.conv_transpose2d(x, w, stride=2, padding=1)
         torch.autograd.grad(out, (x, w), torch.ones_like(out))
 
-    with fastconvt.use_family(*plan):
-        call()  # compile and load outside the trace
-        tracemalloc.start()
-        try:
-            call()
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
-    assert peak <= WORKSPACE_BYTES, f"{peak / 2**20:.1f} MiB"
+    call()
+    tracemalloc.start()
+    try:
+        call()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
 
 
 # The README's bound on a whole call, torch's allocations included: 64 MiB of workspace,
@@ -109,3 +115,32 @@ def test_gemm_subpixel_only_within_the_workspace_bound(monkeypatch):
                                workspace_bytes=4096)  # one image's columns: 93 KB
     assert used == [True]
     np.testing.assert_allclose(tight, roomy)
+
+
+def test_winograd_is_a_candidate_only_where_one_image_fits():
+    """Winograd holds one image's transforms whole: the planner offers it only where they
+    (and the transformed filters) fit the workspace."""
+    from fastconvt import _plans
+
+    def forms(shapes, out_hw):
+        plans = _plans.candidates("conv_transpose2d", np.float32, shapes,
+                                  ((1, 1), (1, 1), (1, 1), 1), out_hw, ("gemm", "", "mm"))
+        return {p[1] for p in plans}
+
+    # one 256x256 image with 32 channels each way: transforms of 2 x 32 MiB
+    assert not kernels.winograd.fits((256, 256), 32, 32, 4)
+    assert "winograd" not in forms(((1, 32, 256, 256), (32, 32, 3, 3)), (256, 256))
+    assert kernels.winograd.fits((32, 32), 64, 64, 4)
+    assert "winograd" in forms(((8, 64, 32, 32), (64, 64, 3, 3)), (32, 32))
+
+
+def test_the_dispatchers_plan_keeps_the_bound_where_one_image_exceeds_it():
+    """One 256x256 image of a 64->64 k4/s2 layer: its sub-pixel buffers alone would take
+    about 80 MiB, its unchunked columns 256 MiB; the plan the dispatcher picks stays within
+    64 MiB of NumPy workspace (the weight's per-tap copy on top)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 256, 256, generator=g, requires_grad=True)
+    w = torch.randn(64, 64, 4, 4, generator=g, requires_grad=True)
+
+    peak = _traced_peak(x, w)
+    assert peak <= WORKSPACE_BYTES + 2 * w.numel() * w.element_size(), f"{peak / 2**20:.1f} MiB"

@@ -226,6 +226,18 @@ def test_other_dtypes(dtype):
         assert (out.double() - want).abs().max() <= ulp * want.abs().max()
 
 
+def test_unbatched_inputs_with_any_strides():
+    w = torch.randn(3, 4, 3, 3, dtype=torch.float64)
+    x = torch.randn(3, 10, 5, dtype=torch.float64)[:, ::2]  # not contiguous
+    want = _oracle(x.contiguous()[None], w, None, "same", (2, 2), (1, 1), 1, "zeros")[0]
+    assert_close(fastconvt.conv_transpose2d(x, w, stride=2, padding="same"), want)
+    m = fastconvt.ConvTranspose1d(3, 4, 3, 2, "same", dtype=torch.float64)
+    x1 = torch.randn(7, 3, dtype=torch.float64).t()  # length-major
+    want1 = _oracle(x1.contiguous()[None, :, None], m.weight.unsqueeze(-2), m.bias, "same",
+                    (1, 2), (1, 1), 1, "zeros")[0, :, 0]
+    assert_close(m(x1), want1)
+
+
 def test_empty_batch_and_errors():
     w = torch.randn(2, 3, 3, 3)
     out = fastconvt.conv_transpose2d(torch.randn(0, 2, 4, 5), w, stride=2, padding="same")
