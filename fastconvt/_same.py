@@ -86,6 +86,6 @@ def conv_transpose2d(input, weight, bias, stride, padding, output_padding, group
         out = functional._apply_kernels(x, weight, bias, (stride, tuple(starts), dilation, groups),
                                         out_hw, padding_mode,
                                         None if padding_mode == "zeros" else tuple(ends))
-        if functional._is_channels_last(x) or functional._is_channels_last(weight):
-            out = out.contiguous(memory_format=torch.channels_last)
+        out = out.contiguous(memory_format=torch.channels_last if functional._channels_last_output(
+            x, weight, unbatched) else torch.contiguous_format)
     return out.squeeze(0) if unbatched else out

@@ -105,7 +105,7 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
         out = _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
         return out.squeeze(0) if unbatched else out
     prepared = (unbatched, geometry, out_hw,
-                _is_channels_last(input) or _is_channels_last(weight))
+                _channels_last_output(input, weight, unbatched))
     if key is not None:
         _calls[key] = prepared
         if len(_calls) > _MAX_CALLS:
@@ -186,9 +186,16 @@ def _run_prepared(input, weight, bias, padding_mode, unbatched, geometry, out_hw
     """The kernels on a call validated before (``_calls``): a non-empty batch."""
     x = input.unsqueeze(0) if unbatched else input
     out = _apply_kernels(x, weight, bias, geometry, out_hw, padding_mode)
-    if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
+    # (the kernels' output follows the input's layout; torch's, the rule below)
+    out = out.contiguous(memory_format=torch.channels_last if channels_last
+                         else torch.contiguous_format)
     return out.squeeze(0) if unbatched else out
+
+
+def _channels_last_output(input, weight, unbatched):
+    """torch's rule: a channels_last output where the input or the weight is
+    channels_last, except that an unbatched input's own strides do not count."""
+    return (not unbatched and _is_channels_last(input)) or _is_channels_last(weight)
 
 
 def check_padding_mode(padding_mode):

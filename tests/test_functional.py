@@ -191,3 +191,18 @@ def test_repeated_calls_revalidate_what_changed():
 
 class _Tagged(torch.Tensor):
     pass
+
+
+@pytest.mark.parametrize("weight_channels_last", [False, True])
+def test_unbatched_input_strides_do_not_set_the_output_layout(weight_channels_last):
+    """torch's rule: an unbatched input with channels innermost still gives a contiguous
+    output; a channels_last weight a channels_last one ('same' on k4/s2 is padding 1)."""
+    x = torch.randn(10, 10, 4).permute(2, 0, 1)
+    w = torch.randn(4, 3, 4, 4)
+    if weight_channels_last:
+        w = w.contiguous(memory_format=torch.channels_last)
+    want = torch.nn.functional.conv_transpose2d(x, w, stride=2, padding=1)
+    for padding in (1, "same"):
+        out = fastconvt.conv_transpose2d(x, w, stride=2, padding=padding)
+        assert out.stride() == want.stride()
+        assert_close(out, want)
