@@ -35,7 +35,8 @@ def main(argv=None):
                       help="input height and width")
     size.add_argument("--kernel", required=True, type=_size, metavar="N", help="kernel size")
     size.add_argument("--stride", type=_size, default=1, metavar="N", help="default: 1")
-    size.add_argument("--padding", type=_size, default=0, metavar="N", help="default: 0")
+    size.add_argument("--padding", type=_padding, default=0, metavar="N",
+                      help="an int, an H,W pair, same or valid (default: 0)")
     size.add_argument("--dilation", type=_size, default=1, metavar="N", help="default: 1")
     wanted = size.add_mutually_exclusive_group()
     wanted.add_argument("--output-padding", type=_size, metavar="N",
@@ -55,6 +56,8 @@ def main(argv=None):
         return _warmup(args.dtype)
     if args.command == "info":
         return _info()
+    if isinstance(args.padding, str):
+        return _string_size(size, args)
     try:
         if args.target is None:
             output_padding = 0 if args.output_padding is None else args.output_padding
@@ -124,6 +127,33 @@ def _size(text):
     if len(values) not in (1, 2):
         raise argparse.ArgumentTypeError(f"expected an int or an H,W pair of ints, got {text!r}")
     return values[0] if len(values) == 1 else values
+
+
+def _padding(text):
+    """``same`` or ``valid`` as given, else as :func:`_size`."""
+    return text if text in ("same", "valid") else _size(text)
+
+
+def _string_size(parser, args):
+    """``size`` with padding 'same' or 'valid': each dimension's size, with its arithmetic."""
+    if args.target is not None:
+        parser.error(f"--target needs an integer padding: padding={args.padding} sets the "
+                     "output size")
+    try:
+        sizes.output_size(args.input, args.kernel, args.stride, args.padding,
+                          args.output_padding or 0, args.dilation)
+    except (TypeError, ValueError) as error:
+        parser.error(str(error))
+    values = (args.input, args.kernel, args.stride, args.dilation)
+    pairs = [v if isinstance(v, tuple) else (v, v) for v in values]
+    labelled = any(isinstance(v, tuple) for v in values)
+    for dim, (i, k, s, d) in zip("HW", zip(*pairs)):
+        extra = f" + max({d} * ({k} - 1) + 1 - {s}, 0)" if args.padding == "valid" else ""
+        label = f"{dim}: " if labelled else ""
+        print(f"{label}{i} * {s}{extra} = {sizes.string_size(args.padding, i, k, s, d)}")
+        if not labelled:
+            break
+    return 0
 
 
 def _print_arithmetic(*args):

@@ -49,6 +49,19 @@ def check_output_size(layer, input, output_size):
                                          input.dim() - dims)
 
 
+def prepare(input, weight, bias, stride, padding, groups, dilation):
+    """``functional._prepare`` for a string ``padding``: (unbatched, 4-D input, geometry
+    with the start crop as its padding, output (H, W), the end crop)."""
+    unbatched, x, geometry, _ = functional._prepare(input, weight, bias, stride, 0, 0, groups,
+                                                    dilation)
+    stride, _, dilation, groups = geometry
+    starts, ends, out_hw = crop(padding, list(x.shape[2:]), list(weight.shape[2:]),
+                                list(stride), list(dilation))
+    _torch_path.check_size(list(x.shape[2:]), out_hw)
+    return (unbatched, x, (stride, tuple(starts), dilation, groups), tuple(out_hw),
+            tuple(ends))
+
+
 def conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation,
                      padding_mode):
     """:func:`fastconvt.conv_transpose2d` with ``padding`` 'same' or 'valid'."""
@@ -70,22 +83,17 @@ def conv_transpose2d(input, weight, bias, stride, padding, output_padding, group
                 input, weight, bias, list(pair("stride", stride)), padding,
                 _arguments._int("groups", groups), list(pair("dilation", dilation)),
                 padding_mode)
-    unbatched, x, geometry, _ = functional._prepare(input, weight, bias, stride, 0, 0, groups,
-                                                    dilation)
-    stride, _, dilation, groups = geometry
-    starts, ends, out_hw = crop(padding, list(x.shape[2:]), list(weight.shape[2:]),
-                                list(stride), list(dilation))
-    _torch_path.check_size(list(x.shape[2:]), out_hw)
+    unbatched, x, geometry, out_hw, ends = prepare(input, weight, bias, stride, padding, groups,
+                                                   dilation)
+    groups = geometry[3]
     if padding_mode != "zeros":
-        _torch_path.check_foldable(padding_mode, starts,
-                                   [x.shape[0], weight.shape[1] * groups, *out_hw], ends)
-    out_hw = tuple(out_hw)
+        _torch_path.check_foldable(padding_mode, list(geometry[1]),
+                                   [x.shape[0], weight.shape[1] * groups, *out_hw], list(ends))
     if x.shape[0] == 0:
         out = functional._empty_batch(x, weight, bias, (0, weight.shape[1] * groups) + out_hw)
     else:
-        out = functional._apply_kernels(x, weight, bias, (stride, tuple(starts), dilation, groups),
-                                        out_hw, padding_mode,
-                                        None if padding_mode == "zeros" else tuple(ends))
+        out = functional._apply_kernels(x, weight, bias, geometry, out_hw, padding_mode,
+                                        None if padding_mode == "zeros" else ends)
         out = out.contiguous(memory_format=torch.channels_last if functional._channels_last_output(
             x, weight, unbatched) else torch.contiguous_format)
     return out.squeeze(0) if unbatched else out

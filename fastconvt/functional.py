@@ -216,8 +216,8 @@ def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1
         dtype = input.dtype
     else:
         return "torch"
-    _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
-                                          output_padding, groups, dilation)
+    _, input, geometry, out_hw = _prepare_any(input, weight, stride, padding, output_padding,
+                                              groups, dilation)
     out_shape = (input.shape[0], weight.shape[1] * geometry[3]) + out_hw
     shapes = (tuple(input.shape), tuple(weight.shape), None)
     return _dispatch.family("conv_transpose2d", shapes, _NUMPY_DTYPES[dtype], geometry,
@@ -234,11 +234,20 @@ def select_plan(input, weight, stride=1, padding=0, output_padding=0, groups=1, 
                      dilation) == "torch":
         return {}
     dtype = torch.float32 if input.dtype in _UPCAST_DTYPES else input.dtype
-    _, input, geometry, out_hw = _prepare(input, weight, None, stride, padding,
-                                          output_padding, groups, dilation)
+    _, input, geometry, out_hw = _prepare_any(input, weight, stride, padding, output_padding,
+                                              groups, dilation)
     layout = "channels_last" if _bridge._is_channels_last(input) else ""
     return _dispatch.plans_of(tuple(input.shape), tuple(weight.shape), _NUMPY_DTYPES[dtype],
                               geometry, out_hw, layout)
+
+
+def _prepare_any(input, weight, stride, padding, output_padding, groups, dilation):
+    """:func:`_prepare` (no bias) for any ``padding``, 'same' and 'valid' included."""
+    if isinstance(padding, str):
+        from . import _same
+        _same.check(padding, output_padding)
+        return _same.prepare(input, weight, None, stride, padding, groups, dilation)[:4]
+    return _prepare(input, weight, None, stride, padding, output_padding, groups, dilation)
 
 
 def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):

@@ -22,7 +22,9 @@ def output_size(input_size, kernel_size, stride=1, padding=0, output_padding=0, 
     Args:
         input_size, kernel_size, stride, padding, output_padding, dilation: an int
             or a pair of ints (height, width), as in
-            :class:`torch.nn.ConvTranspose2d`. Defaults: stride 1, padding 0,
+            :class:`torch.nn.ConvTranspose2d`; ``padding`` also ``'same'``
+            (``i * s``) or ``'valid'`` (``i * s + max(d * (k - 1) + 1 - s, 0)``),
+            with ``output_padding`` 0. Defaults: stride 1, padding 0,
             output_padding 0, dilation 1
 
     Returns:
@@ -41,6 +43,9 @@ def output_size(input_size, kernel_size, stride=1, padding=0, output_padding=0, 
         >>> fastconvt.output_size((4, 5), 3, stride=(2, 3))
         (9, 15)
     """
+    if isinstance(padding, str):
+        return _string_output_size(input_size, kernel_size, stride, padding, output_padding,
+                                   dilation)
     args = _arguments("output_size", input_size=input_size, kernel_size=kernel_size,
                       stride=stride, padding=padding, output_padding=output_padding,
                       dilation=dilation)
@@ -59,6 +64,27 @@ def output_size(input_size, kernel_size, stride=1, padding=0, output_padding=0, 
                              f"{_formula(i, k, s, p, op, d)} = {size}")
         sizes.append(size)
     return sizes[0] if _all_scalars(args) else tuple(sizes)
+
+
+def _string_output_size(input_size, kernel_size, stride, padding, output_padding, dilation):
+    """:func:`output_size` for ``padding='same'`` or ``'valid'`` (TensorFlow's sizes)."""
+    if padding not in ("same", "valid"):
+        raise TypeError(f"output_size(): argument 'padding' must be an int, a pair of ints, "
+                        f"'same' or 'valid', not str {padding!r}")
+    args = _arguments("output_size", input_size=input_size, kernel_size=kernel_size,
+                      stride=stride, output_padding=output_padding, dilation=dilation)
+    pairs = {name: value for name, (value, _) in args.items()}
+    if any(pairs["output_padding"]):
+        raise ValueError(f"output_padding must be 0 with padding={padding!r}, but got "
+                         f"{_show(args, 'output_padding')}")
+    sizes = [string_size(padding, i, k, s, d) for i, k, s, d in zip(
+        pairs["input_size"], pairs["kernel_size"], pairs["stride"], pairs["dilation"])]
+    return sizes[0] if _all_scalars(args) else tuple(sizes)
+
+
+def string_size(padding, i, k, s, d):
+    """The size ``padding`` 'same' or 'valid' gives one dimension."""
+    return i * s + (max(d * (k - 1) + 1 - s, 0) if padding == "valid" else 0)
 
 
 def output_padding_for(input_size, target_size, kernel_size, stride=1, padding=0, dilation=1):

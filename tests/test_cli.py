@@ -162,3 +162,15 @@ def test_size_needs_neither_torch_nor_numba():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "[]"
+
+
+def test_same_and_valid_padding(capsys):
+    code, out, err = _run(capsys, "size --input 16,5 --kernel 3,2 --stride 2,3 --padding valid")
+    assert code == 0, err
+    assert out.splitlines() == ["H: 16 * 2 + max(1 * (3 - 1) + 1 - 2, 0) = 33",
+                                "W: 5 * 3 + max(1 * (2 - 1) + 1 - 3, 0) = 15"]
+    code, out, err = _run(capsys, "size --input 16 --kernel 3 --stride 2 --padding same")
+    assert (code, out.splitlines()) == (0, ["16 * 2 = 32"]), err
+    code, out, err = _run(capsys, "size --input 16 --kernel 3 --stride 2 --padding same "
+                                  "--target 32")
+    assert code == 2 and "integer padding" in err

@@ -259,3 +259,20 @@ def test_empty_batch_and_errors():
     with pytest.raises(ValueError, match="padding='same'"):
         fastconvt.unconvert(model)
     assert type(model[0]) is fastconvt.ConvTranspose2d
+
+
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_size_tools(padding):
+    """``output_size`` and ``select_family``/``select_plan`` take the strings; the sizes are
+    the layer's."""
+    for in_hw, k, s, d in [((5, 4), (3, 2), (2, 3), (1, 2)), ((7, 1), (1, 6), (3, 2), (2, 1))]:
+        x, w = torch.randn(1, 2, *in_hw), torch.randn(2, 3, *k)
+        out = fastconvt.conv_transpose2d(x, w, stride=s, padding=padding, dilation=d)
+        assert fastconvt.output_size(in_hw, k, s, padding, dilation=d) == tuple(out.shape[2:])
+        assert fastconvt.select_family(x, w, s, padding, dilation=d) in ("direct", "gemm")
+        assert set(fastconvt.select_plan(x, w, s, padding, dilation=d)) >= {"forward"}
+    assert fastconvt.output_size(16, 3, 2, padding) == (32 if padding == "same" else 33)
+    with pytest.raises(ValueError, match="output_padding must be 0"):
+        fastconvt.output_size(16, 3, 2, padding, output_padding=1)
+    with pytest.raises(TypeError, match="'same' or 'valid'"):
+        fastconvt.output_size(16, 3, 2, "full")
