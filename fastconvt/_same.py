@@ -50,8 +50,8 @@ def check_output_size(layer, input, output_size):
 
 
 def prepare(input, weight, bias, stride, padding, groups, dilation):
-    """``functional._prepare`` for a string ``padding``: (unbatched, 4-D input, geometry
-    with the start crop as its padding, output (H, W), the end crop)."""
+    """``functional._prepare`` for a string ``padding`` (checked): (unbatched, 4-D input,
+    geometry with the start crop as its padding, output (H, W), the end crop)."""
     unbatched, x, geometry, _ = functional._prepare(input, weight, bias, stride, 0, 0, groups,
                                                     dilation)
     stride, _, dilation, groups = geometry
@@ -62,38 +62,13 @@ def prepare(input, weight, bias, stride, padding, groups, dilation):
             tuple(ends))
 
 
-def conv_transpose2d(input, weight, bias, stride, padding, output_padding, groups, dilation,
-                     padding_mode):
-    """:func:`fastconvt.conv_transpose2d` with ``padding`` 'same' or 'valid'."""
-    check(padding, output_padding)
-    functional.check_padding_mode(padding_mode)
-    tracing = torch.jit.is_tracing()
-    if tracing or not functional._uses_kernels(input, weight, bias):
-        if not tracing and functional._uses_kernels(input, weight, bias,
-                                                    functional._UPCAST_DTYPES):
-            up = lambda t: None if t is None else t.float()  # noqa: E731
-            return conv_transpose2d(up(input), up(weight), up(bias), stride, padding, 0,
-                                    groups, dilation, padding_mode).to(input.dtype)
-        pair = _arguments._pair
-        with warnings.catch_warnings():
-            # the sizes are Python values: a trace keeps them as the constants they are
-            # for the traced shapes
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            return _torch_path.conv_transpose2d_string(
-                input, weight, bias, list(pair("stride", stride)), padding,
-                _arguments._int("groups", groups), list(pair("dilation", dilation)),
-                padding_mode)
-    unbatched, x, geometry, out_hw, ends = prepare(input, weight, bias, stride, padding, groups,
-                                                   dilation)
-    groups = geometry[3]
-    if padding_mode != "zeros":
-        _torch_path.check_foldable(padding_mode, list(geometry[1]),
-                                   [x.shape[0], weight.shape[1] * groups, *out_hw], list(ends))
-    if x.shape[0] == 0:
-        out = functional._empty_batch(x, weight, bias, (0, weight.shape[1] * groups) + out_hw)
-    else:
-        out = functional._apply_kernels(x, weight, bias, geometry, out_hw, padding_mode,
-                                        None if padding_mode == "zeros" else ends)
-        out = out.contiguous(memory_format=torch.channels_last if functional._channels_last_output(
-            x, weight, unbatched) else torch.contiguous_format)
-    return out.squeeze(0) if unbatched else out
+def with_torch(input, weight, bias, stride, padding, groups, dilation, padding_mode):
+    """The layer in torch's operators (tracing, other devices): :mod:`._torch_path`."""
+    pair = _arguments._pair
+    with warnings.catch_warnings():
+        # the sizes are Python values: a trace keeps them as the constants they are for
+        # the traced shapes
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return _torch_path.conv_transpose2d_string(
+            input, weight, bias, list(pair("stride", stride)), padding,
+            _arguments._int("groups", groups), list(pair("dilation", dilation)), padding_mode)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .sizes import string_size
+
 
 def _place(t: Tensor, dim: int, before: int, after: int) -> Tensor:
     """``t`` zero-padded by ``before`` and ``after`` along ``dim`` (-2 or -1)."""
@@ -32,9 +34,8 @@ def crop(padding: str, in_hw: List[int], kernel_hw: List[int], stride: List[int]
     ends: List[int] = []
     out_hw: List[int] = []
     for i in range(len(in_hw)):
-        k_eff = dilation[i] * (kernel_hw[i] - 1) + 1
-        full = (in_hw[i] - 1) * stride[i] + k_eff
-        out = in_hw[i] * stride[i] + (max(k_eff - stride[i], 0) if padding == "valid" else 0)
+        full = (in_hw[i] - 1) * stride[i] + dilation[i] * (kernel_hw[i] - 1) + 1
+        out = string_size(padding, in_hw[i], kernel_hw[i], stride[i], dilation[i])
         start = max(full - out, 0) // 2
         starts.append(start)
         ends.append(max(full - out - start, 0))

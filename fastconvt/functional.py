@@ -72,15 +72,14 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             with _no_autocast():
                 return conv_transpose2d(*cast, stride, padding, output_padding, groups,
                                         dilation, padding_mode=padding_mode)
-    if isinstance(padding, str):
-        from . import _same
-        return _same.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
-                                      groups, dilation, padding_mode)
     key = _call_key(input, weight, bias, stride, padding, output_padding, groups, dilation,
                     padding_mode)
     prepared = _calls.get(key) if key is not None else None
     if prepared is not None and not torch.jit.is_tracing():  # (a key: not compiling)
         return _run_prepared(input, weight, bias, padding_mode, *prepared)
+    if isinstance(padding, str):  # 'same' or 'valid' (_same): the zeros mode's crop, given
+        from . import _same
+        _same.check(padding, output_padding)  # (torch's parser checks types first)
     check_padding_mode(padding_mode)
     # a trace records torch operators and cannot see what Numba writes: it gets
     # torch's operators, so the traced graph computes the same layer
@@ -91,21 +90,25 @@ def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_paddi
             return conv_transpose2d(up(input), up(weight), up(bias), stride, padding,
                                     output_padding, groups, dilation,
                                     padding_mode=padding_mode).to(input.dtype)
+        if isinstance(padding, str):
+            return _same.with_torch(input, weight, bias, stride, padding, groups, dilation,
+                                    padding_mode)
         if padding_mode != "zeros":
             return _fold_with_torch(input, weight, bias, stride, padding, output_padding,
                                     groups, dilation, padding_mode)
         return F.conv_transpose2d(input, weight, bias, stride, padding, output_padding,
                                   groups, dilation)
-    unbatched, input, geometry, out_hw = _prepare(input, weight, bias, stride, padding,
-                                                  output_padding, groups, dilation)
+    unbatched, input, geometry, out_hw, ends = _prepare_any(input, weight, bias, stride, padding,
+                                                            output_padding, groups, dilation)
     if padding_mode != "zeros":
         _torch_path.check_foldable(padding_mode, geometry[1],
-                                   [input.shape[0], weight.shape[1] * geometry[3], *out_hw])
+                                   [input.shape[0], weight.shape[1] * geometry[3], *out_hw],
+                                   ends)
     if input.shape[0] == 0:
-        out = _empty_batch(input, weight, bias, (0, weight.shape[1] * groups) + out_hw)
+        out = _empty_batch(input, weight, bias, (0, weight.shape[1] * geometry[3]) + out_hw)
         return out.squeeze(0) if unbatched else out
-    prepared = (unbatched, geometry, out_hw,
-                _channels_last_output(input, weight, unbatched))
+    prepared = (unbatched, geometry, out_hw, _channels_last_output(input, weight, unbatched),
+                None if padding_mode == "zeros" else ends)
     if key is not None:
         _calls[key] = prepared
         if len(_calls) > _MAX_CALLS:
@@ -167,8 +170,9 @@ def _call_key(input, weight, bias, *args):
         b = (bias.dtype, bias.shape, bias.stride())
     else:
         return None
-    for v in args[:5]:
-        if type(v) is not int and not (type(v) is tuple and _all_ints(v)):
+    for i, v in enumerate(args[:5]):
+        if type(v) is not int and not (type(v) is tuple and _all_ints(v)) \
+                and not (i == 1 and type(v) is str):  # (padding 'same' or 'valid')
             return None
     return (input.dtype, input.shape, input.stride(), weight.dtype, weight.shape,
             weight.stride(), b) + args
@@ -182,10 +186,10 @@ def _all_ints(values):
 
 
 def _run_prepared(input, weight, bias, padding_mode, unbatched, geometry, out_hw,
-                  channels_last):
+                  channels_last, ends):
     """The kernels on a call validated before (``_calls``): a non-empty batch."""
     x = input.unsqueeze(0) if unbatched else input
-    out = _apply_kernels(x, weight, bias, geometry, out_hw, padding_mode)
+    out = _apply_kernels(x, weight, bias, geometry, out_hw, padding_mode, ends)
     # (the kernels' output follows the input's layout; torch's, the rule below)
     out = out.contiguous(memory_format=torch.channels_last if channels_last
                          else torch.contiguous_format)
@@ -216,8 +220,8 @@ def select_family(input, weight, stride=1, padding=0, output_padding=0, groups=1
         dtype = input.dtype
     else:
         return "torch"
-    _, input, geometry, out_hw = _prepare_any(input, weight, stride, padding, output_padding,
-                                              groups, dilation)
+    _, input, geometry, out_hw, _ = _prepare_any(input, weight, None, stride, padding,
+                                                 output_padding, groups, dilation)
     out_shape = (input.shape[0], weight.shape[1] * geometry[3]) + out_hw
     shapes = (tuple(input.shape), tuple(weight.shape), None)
     return _dispatch.family("conv_transpose2d", shapes, _NUMPY_DTYPES[dtype], geometry,
@@ -234,20 +238,22 @@ def select_plan(input, weight, stride=1, padding=0, output_padding=0, groups=1, 
                      dilation) == "torch":
         return {}
     dtype = torch.float32 if input.dtype in _UPCAST_DTYPES else input.dtype
-    _, input, geometry, out_hw = _prepare_any(input, weight, stride, padding, output_padding,
-                                              groups, dilation)
+    _, input, geometry, out_hw, _ = _prepare_any(input, weight, None, stride, padding,
+                                                 output_padding, groups, dilation)
     layout = "channels_last" if _bridge._is_channels_last(input) else ""
     return _dispatch.plans_of(tuple(input.shape), tuple(weight.shape), _NUMPY_DTYPES[dtype],
                               geometry, out_hw, layout)
 
 
-def _prepare_any(input, weight, stride, padding, output_padding, groups, dilation):
-    """:func:`_prepare` (no bias) for any ``padding``, 'same' and 'valid' included."""
+def _prepare_any(input, weight, bias, stride, padding, output_padding, groups, dilation):
+    """:func:`_prepare` for any ``padding``, 'same' and 'valid' (checked) included, and the
+    border at the end of each axis (None: the padding's, at both ends)."""
     if isinstance(padding, str):
         from . import _same
         _same.check(padding, output_padding)
-        return _same.prepare(input, weight, None, stride, padding, groups, dilation)[:4]
-    return _prepare(input, weight, None, stride, padding, output_padding, groups, dilation)
+        return _same.prepare(input, weight, bias, stride, padding, groups, dilation)
+    return _prepare(input, weight, bias, stride, padding, output_padding, groups,
+                    dilation) + (None,)
 
 
 def _prepare(input, weight, bias, stride, padding, output_padding, groups, dilation):

@@ -82,8 +82,9 @@ def _string_output_size(input_size, kernel_size, stride, padding, output_padding
     return sizes[0] if _all_scalars(args) else tuple(sizes)
 
 
-def string_size(padding, i, k, s, d):
-    """The size ``padding`` 'same' or 'valid' gives one dimension."""
+def string_size(padding: str, i: int, k: int, s: int, d: int) -> int:
+    """The size ``padding`` 'same' or 'valid' gives one dimension (typed: TorchScript
+    compiles it into the layer's torch-operator path)."""
     return i * s + (max(d * (k - 1) + 1 - s, 0) if padding == "valid" else 0)
 
 
